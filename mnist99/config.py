@@ -1,0 +1,86 @@
+"""Start-up checks of the composed config: impossible values are refused before any work starts."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mnist99.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# An absolute path: Hydra would read a relative one as a module path inside the package.
+CONFIG_DIR = str(PROJECT_ROOT / "conf")
+
+
+def project_root() -> str:
+    """The repository root (the folder holding conf/), or the current folder for a non-editable install."""
+    return str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd())
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("mnist99.root"):
+        OmegaConf.register_new_resolver("mnist99.root", project_root)
+
+
+def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        need = "an integer" if integer else "a number"
+        bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+        raise ConfigError(f"{key}={value!r} is impossible: it must be {need} {bound}. {hint}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse values that cannot work, naming the key and what would."""
+    _number(cfg, "optimizer.lr", integer=False, minimum=0, strict=True, hint="Try e.g. optimizer.lr=0.001.")
+    _number(cfg, "optimizer.weight_decay", integer=False, minimum=0, hint="0 turns weight decay off.")
+    _number(cfg, "data.batch_size", integer=True, minimum=1, hint="Try e.g. data.batch_size=128.")
+    _number(cfg, "data.val_size", integer=True, minimum=0, hint="0 validates on testing/.")
+    _number(cfg, "data.num_workers", integer=True, minimum=0, hint="0 loads batches in the main process.")
+    _number(cfg, "trainer.max_epochs", integer=True, minimum=1, hint="Try e.g. trainer.max_epochs=3.")
+    _number(cfg, "model.num_classes", integer=True, minimum=2, hint="MNIST has 10.")
+    _number(cfg, "model.in_channels", integer=True, minimum=1, hint="1 (grey) or 3 (grey repeated, as the blog).")
+    _number(cfg, "seed", integer=True, minimum=0, hint="Any non-negative integer.")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        _number(cfg, f"trainer.{key}", integer=False, minimum=0, strict=True, hint="A fraction (0.1) or a batch count (20).")
+    if OmegaConf.select(cfg, "data.std") is not None and cfg.data.std <= 0:
+        raise ConfigError(f"data.std={cfg.data.std!r} is impossible: it must be positive.")
+    if "_target_" not in cfg.model:
+        raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
+
+
+def apply_gpus_shorthand(cfg: DictConfig) -> None:
+    """`trainer.gpus=N` (Lightning 1.x) -> accelerator=gpu, devices=N; clear error without CUDA."""
+    gpus = cfg.trainer.get("gpus")
+    with open_dict(cfg.trainer):
+        cfg.trainer.pop("gpus", None)
+    if gpus is None:
+        if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator}"))
+        return
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, str, list)) or gpus in (0, "0"):
+        raise ConfigError(f"trainer.gpus={gpus!r} is not a GPU count: use e.g. trainer.gpus=1, or trainer.accelerator=cpu.")
+    if not torch.cuda.is_available():
+        raise ConfigError(_no_gpu_message(f"trainer.gpus={gpus}"))
+    log.info("trainer.gpus=%s is read as trainer.accelerator=gpu trainer.devices=%s", gpus, gpus)
+    cfg.trainer.accelerator, cfg.trainer.devices = "gpu", gpus
+
+
+def _no_gpu_message(asked: str) -> str:
+    return (
+        f"{asked} asks for a GPU, but PyTorch sees no CUDA device on this machine "
+        f"(torch {torch.__version__}, torch.cuda.is_available() is False). Run on the CPU with "
+        "trainer.accelerator=cpu (or leave it at auto), or run on a machine with an NVIDIA GPU and a "
+        "CUDA build of PyTorch."
+    )

@@ -1,0 +1,148 @@
+"""The LightningDataModule: MNIST as folders of PNGs, decoded once into uint8 tensors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mnist99.data.cache import load_split
+from mnist99.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TensorBatchDataset(torch.utils.data.Dataset):
+    """Images and labels as tensors, fetched a whole batch at a time (DataLoader's `__getitems__`),
+    so a batch costs one indexing operation instead of one Python call per image."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]):
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def to_model_input(
+    images: torch.Tensor, channels: int = 1, normalize: bool = True, mean: float = 0.1307, std: float = 0.3081
+) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, channels, H, W): scaled to [0, 1], optionally standardised,
+    the grey channel repeated when the model wants more than one."""
+    x = images.unsqueeze(1).float().div_(255)
+    if normalize:
+        x = x.sub_(mean).div_(std)
+    return x.expand(-1, channels, -1, -1) if channels != 1 else x
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """`data_dir/training/<class>/*.png` and `data_dir/testing/<class>/*.png`.
+
+    train = training minus a seeded hold-out of `val_size` images, val = that hold-out (or
+    testing when val_size is 0), test = testing. Batches travel as uint8 and become floats on the
+    model's device (`on_after_batch_transfer`).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        source: str | None = None,
+        mirrors: Sequence[str] = (),
+        pypi: bool = True,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        channels: int = 1,
+        normalize: bool = True,
+        mean: float = 0.1307,
+        std: float = 0.3081,
+        num_workers: int = 0,
+        image_size: int = 28,
+    ):
+        super().__init__()
+        self.data_dir = Path(data_dir).expanduser()
+        self.source, self.mirrors, self.pypi = source, list(mirrors), pypi
+        self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
+        self.channels, self.normalize, self.mean, self.std = channels, normalize, mean, std
+        self.num_workers, self.image_size = num_workers, image_size
+        self.classes: tuple[str, ...] = ()
+        self.data_train = self.data_val = self.data_test = None
+
+    def prepare_data(self) -> None:
+        if (self.data_dir / "training").is_dir() and (self.data_dir / "testing").is_dir():
+            return
+        from mnist99.data.prepare import prepare_mnist_png
+
+        prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is not None:
+            return
+        train_x, train_y, classes = load_split(self.data_dir / "training", self.image_size)
+        test_x, test_y, test_classes = load_split(self.data_dir / "testing", self.image_size)
+        if classes != test_classes:
+            from mnist99.errors import DataError
+
+            raise DataError(
+                f"The class folders differ between {self.data_dir / 'training'} {list(classes)} and "
+                f"{self.data_dir / 'testing'} {list(test_classes)}; both splits need the same classes."
+            )
+        if not 0 <= self.val_size < len(train_y):
+            raise ConfigError(
+                f"data.val_size={self.val_size} is impossible: {self.data_dir / 'training'} holds "
+                f"{len(train_y)} images, and val_size must be at least 0 and less than that "
+                "(0 validates on testing/)."
+            )
+        self.classes = classes
+        self.data_test = TensorBatchDataset(test_x, test_y)
+        if self.val_size == 0:
+            self.data_train, self.data_val = TensorBatchDataset(train_x, train_y), self.data_test
+        else:
+            perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.split_seed))
+            val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+            self.data_train = TensorBatchDataset(train_x[train_idx], train_y[train_idx])
+            self.data_val = TensorBatchDataset(train_x[val_idx], train_y[val_idx])
+        log.info(
+            "Data: %d train, %d val, %d test images, %d classes from %s",
+            len(self.data_train), len(self.data_val), len(self.data_test), len(classes), self.data_dir,
+        )
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_batch_as_is,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return to_model_input(x, self.channels, self.normalize, self.mean, self.std), y

@@ -1,0 +1,99 @@
+"""Reading a folder-of-PNGs split (`<split>/<class>/*.png`) into one uint8 tensor."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mnist99.errors import DataError
+
+IMAGE_SUFFIXES = (".png",)
+
+
+@dataclass(frozen=True)
+class SplitListing:
+    """The files of one split, in a fixed order, with their labels and a fingerprint."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[str, ...]  # paths relative to root, sorted by class then name
+    labels: tuple[int, ...]
+    fingerprint: str  # changes when any file is added, removed, resized or touched
+
+
+def _natural_key(name: str):
+    stem = Path(name).stem
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def list_split(root: Path) -> SplitListing:
+    """List `root/<class>/*.png`; labels are the sorted class folder names' positions."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"The split folder {root} does not exist. A data folder needs training/<class>/*.png and "
+            "testing/<class>/*.png (fastai's mnist_png layout); point data.data_dir at such a folder, "
+            "or at an empty/missing one to have MNIST built there."
+        )
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9) with PNG "
+            "files in each. Check data.data_dir, or delete the folder to have MNIST built again."
+        )
+    files, labels, h = [], [], hashlib.sha1()
+    for label, cls in enumerate(classes):
+        entries = sorted(
+            (e for e in os.scandir(root / cls) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)),
+            key=lambda e: _natural_key(e.name),
+        )
+        if not entries:
+            raise DataError(
+                f"The class folder {root / cls} holds no .png files. Remove the empty folder or add its images."
+            )
+        for e in entries:
+            st = e.stat()
+            rel = f"{cls}/{e.name}"
+            files.append(rel)
+            labels.append(label)
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return SplitListing(root, tuple(classes), tuple(files), tuple(labels), h.hexdigest())
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            if img.mode != "L":
+                img = img.convert("L")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(
+            f"Cannot read the image {path}: {e}. The file is truncated or not a PNG; replace or delete it "
+            "(delete the whole data folder to have MNIST built again)."
+        ) from None
+    if arr.shape != (size, size):
+        raise DataError(
+            f"The image {path} is {arr.shape[1]}x{arr.shape[0]} pixels, but every image must be {size}x{size}. "
+            "Resize it or remove it from the data folder."
+        )
+    return arr
+
+
+def decode_split(listing: SplitListing, size: int = 28, threads: int = 2) -> np.ndarray:
+    """Decode every image of a split into one (N, size, size) uint8 array (greyscale)."""
+    out = np.empty((len(listing.files), size, size), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = _decode(listing.root / listing.files[i], size)
+
+    # PIL's zlib inflate releases the GIL, so two threads use both cores.
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(work, range(len(listing.files)), chunksize=512):
+            pass
+    return out

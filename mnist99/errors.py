@@ -1,0 +1,13 @@
+"""The one exception type users see: a clear paragraph instead of a traceback."""
+
+
+class Mnist99Error(Exception):
+    """A problem the user can fix; its message says what was wrong and how to fix it."""
+
+
+class ConfigError(Mnist99Error):
+    """A configuration value that cannot work (named key, allowed values)."""
+
+
+class DataError(Mnist99Error):
+    """Missing, malformed or unverifiable data (named file or folder, what to do)."""

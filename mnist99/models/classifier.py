@@ -1,0 +1,186 @@
+"""LightningModules: the metrics and logging every model shares, and the optimizer wiring."""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mnist99.errors import ConfigError
+
+
+class ClassifierBase(L.LightningModule):
+    """Accuracy (torchmetrics), loss and `val/acc_best` for train/val/test, logged as `split/name`."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.num_classes = num_classes
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return self.loss(logits, y), logits, y
+
+    def log_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def training_step(self, batch, batch_idx):
+        loss, logits, y = self.step(batch)
+        self.log_train(loss, logits, y)
+        return loss
+
+    def on_train_start(self) -> None:
+        # The sanity check must not count towards the best validation accuracy.
+        self.val_acc_best.reset()
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, y = self.step(batch)
+        self.val_loss(loss)
+        self.val_acc(logits, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        loss, logits, y = self.step(batch)
+        self.test_acc(logits, y)
+        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=1)
+
+
+class Classifier(ClassifierBase):
+    """Any `nn.Module` net, trained with a torch optimizer and an optional step-wise LR schedule.
+
+    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the optimizer gets the
+    parameters; the scheduler gets the optimizer and the run's total number of steps, as
+    `total_steps` (OneCycleLR) or `T_max` (CosineAnnealingLR), whichever it takes.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-3),
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels_last: bool = False,
+    ):
+        super().__init__(num_classes)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.in_channels = in_channels
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        params = inspect.signature(self.scheduler_factory.func).parameters
+        steps = int(self.trainer.estimated_stepping_batches)
+        extra = {"total_steps": steps} if "total_steps" in params else {"T_max": steps} if "T_max" in params else {}
+        scheduler = self.scheduler_factory(optimizer, **extra)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class HandwrittenSGD(torch.optim.Optimizer):
+    """Plain SGD written out: `p -= lr * p.grad`. A torch Optimizer only so that Lightning counts
+    the steps (global_step, checkpoints, logging); the update itself is the line below."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p -= group["lr"] * p.grad
+
+
+class ScratchLinear(ClassifierBase):
+    """The blog's first principles: a linear model with its own parameters (plain tensors from
+    `randn * std`), its own log-softmax + NLL loss and a hand-written SGD step, run by Lightning
+    with manual optimization.
+
+    The learning rate is the `lr` of the `optimizer` config, which must be plain SGD (no momentum,
+    no weight decay), so `optimizer.lr=` means the same for this model as for every other.
+    """
+
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=1.0),
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        init_std: float = 0.01,
+    ):
+        super().__init__(num_classes)
+        self.automatic_optimization = False
+        self.in_channels = in_channels
+        kw = getattr(optimizer, "keywords", {})
+        if getattr(optimizer, "func", None) is not torch.optim.SGD or kw.get("momentum") or kw.get("weight_decay"):
+            raise ConfigError(
+                "model=linear_scratch makes its own plain SGD step, so it needs optimizer=sgd with "
+                f"momentum=0 and weight_decay=0 (got {getattr(optimizer, 'func', optimizer)} with {kw}). "
+                "Drop the optimizer override, or pick another model such as model=linear."
+            )
+        self.lr = float(kw["lr"])
+        n_in = in_channels * image_size * image_size
+        # init_params() of the blog: plain tensors, randn * std, then requires_grad_().
+        self.weights = nn.Parameter((torch.randn(n_in, num_classes) * init_std).requires_grad_())
+        self.bias = nn.Parameter((torch.randn(num_classes) * init_std).requires_grad_())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weights + self.bias
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        log_probs = logits - logits.logsumexp(dim=1, keepdim=True)  # log-softmax
+        return -log_probs[torch.arange(len(y), device=y.device), y].mean()  # NLL
+
+    def training_step(self, batch, batch_idx):
+        loss, logits, y = self.step(batch)
+        opt = self.optimizers()
+        self.manual_backward(loss)
+        opt.step()  # p -= lr * p.grad
+        opt.zero_grad()  # then zero the grads
+        self.log("train/lr", self.lr, on_step=True, on_epoch=False)
+        self.log_train(loss.detach(), logits.detach(), y)
+
+    def configure_optimizers(self):
+        return HandwrittenSGD([self.weights, self.bias], lr=self.lr)

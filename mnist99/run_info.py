@@ -1,0 +1,63 @@
+"""What a run leaves beside its outputs so it can be understood and repeated: the resolved config,
+the command-line overrides, the package versions, and at the end its status and metrics."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("mnist99", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf", "tensorboard", "numpy", "pillow")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+class RunRecord:
+    """`run.yaml` in the run folder, rewritten as the run moves from running to its end state."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str]):
+        self.path = Path(run_dir) / "run.yaml"
+        self.start = time.time()
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "overrides": list(overrides),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "versions": versions(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, self.path.parent / "config.yaml", resolve=True)
+        self.write()
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.start
+
+    def finish(self, status: str, **fields: Any) -> None:
+        self.data.update(status=status, wall_seconds=round(self.seconds, 1), **fields)
+        self.write()
+
+    def write(self) -> None:
+        self.path.write_text(yaml.safe_dump(self.data, sort_keys=False))

@@ -1,0 +1,41 @@
+"""TensorBoard's HPARAMS tab: the run's choices with its real metrics (no placeholder hp_metric)."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams
+
+# Scalars the run logs anyway; the HPARAMS tab shows each run's latest value of each.
+HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "train/loss")
+
+
+def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
+    """The handful of settings people compare runs by, as flat scalars."""
+    params = {
+        "model": choices.get("model", OmegaConf.select(cfg, "model._target_")),
+        "optimizer": choices.get("optimizer", OmegaConf.select(cfg, "optimizer._target_")),
+        "scheduler": choices.get("scheduler", "none" if not cfg.get("scheduler") else cfg.scheduler.get("_target_")),
+        "experiment": choices.get("experiment", "none"),
+        "lr": OmegaConf.select(cfg, "optimizer.lr"),
+        "weight_decay": OmegaConf.select(cfg, "optimizer.weight_decay"),
+        "batch_size": OmegaConf.select(cfg, "data.batch_size"),
+        "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+        "in_channels": OmegaConf.select(cfg, "model.in_channels"),
+        "val_size": OmegaConf.select(cfg, "data.val_size"),
+        "seed": cfg.get("seed"),
+    }
+    return {k: ("none" if v is None else v) for k, v in params.items()}
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) -> None:
+    """Write the hparams summary once, declaring the metric tags instead of logging fake values:
+    TensorBoard fills the table from the scalars the run logs under those tags."""
+    params = run_hparams(cfg, choices)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)  # hparams.yaml beside the events (and CSV's hparams)
+        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(params, {m: 0.0 for m in HPARAM_METRICS}):
+                writer.add_summary(summary)

@@ -1,0 +1,140 @@
+"""`python train.py` / `mnist99-train`: compose the config with Hydra, train, test, report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from mnist99.config import CONFIG_DIR, apply_gpus_shorthand, register_resolvers, validate
+from mnist99.errors import ConfigError, Mnist99Error
+from mnist99.run_info import RunRecord
+from mnist99.tensorboard import log_hparams
+
+log = logging.getLogger("mnist99")
+
+register_resolvers()
+# Batches come from in-memory tensors: worker processes would only add start-up time.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
+
+
+def choices() -> dict[str, str]:
+    """The config-group options this run was composed from (model=cnn, optimizer=adamw, ...)."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+
+
+def build_model(cfg: DictConfig) -> L.LightningModule:
+    optimizer = instantiate(cfg.optimizer)
+    extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
+    return instantiate(cfg.model, optimizer=optimizer, **extra)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and (with cfg.test) test one model; returns the final metrics as floats."""
+    validate(cfg)
+    apply_gpus_shorthand(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if len(datamodule.classes) != cfg.model.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but {cfg.data.data_dir} holds "
+            f"{len(datamodule.classes)} classes {list(datamodule.classes)}; set model.num_classes to match."
+        )
+    model = build_model(cfg)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    log_hparams(trainer, cfg, choices())
+
+    trainer.fit(model, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.interrupted:
+        return metrics
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        metrics["best_checkpoint"] = best
+    metrics["epochs"] = trainer.current_epoch
+    return metrics
+
+
+def friendly(e: Exception) -> str | None:
+    """The one-paragraph message for an error the user can fix, or None for a real bug."""
+    if isinstance(e, Mnist99Error):
+        return str(e)
+    if isinstance(e, MisconfigurationException):
+        return f"Lightning refused the trainer settings: {e} Check the trainer.* overrides (see conf/trainer/default.yaml)."
+    if isinstance(e, InstantiationException):
+        cause = e.__cause__
+        if isinstance(cause, Mnist99Error):
+            return str(cause)
+        return f"A config entry could not be built: {e}. Check the overrides of that group's keys (python train.py --cfg job prints the composed config)."
+    return None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One job: train, record the outcome in run.yaml, print a summary line; returns the optimized metric."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    record = RunRecord(run_dir, cfg, list(hc.overrides.task)) if rank_zero_only.rank == 0 else None
+    try:
+        metrics = train(cfg)
+    except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
+        message = friendly(e)
+        if message is None:
+            if record:
+                record.finish("crashed", error=f"{type(e).__name__}: {e}")
+            raise
+        if record:
+            record.finish("failed", error=message)
+        print(f"\nmnist99: error: {message}\n", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            return None  # the sweep goes on with its next job
+        sys.exit(2)
+    status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
+    if record:
+        record.finish(status, metrics={k: v for k, v in metrics.items() if isinstance(v, float)}, best_checkpoint=metrics.get("best_checkpoint", ""))
+        summary(cfg, metrics, record.seconds, run_dir)
+    value = metrics.get(cfg.get("optimized_metric", "val/acc_best"))
+    return value if value is not None and math.isfinite(value) else None
+
+
+@rank_zero_only
+def summary(cfg: DictConfig, metrics: dict, seconds: float, run_dir: Path) -> None:
+    model = choices().get("model", OmegaConf.select(cfg, "model._target_"))
+    acc = metrics.get("test/acc")
+    acc_txt = f"test/acc={acc:.4f}" if acc is not None else "test/acc=n/a"
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    print(f"\nmnist99: model={model} {acc_txt} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
+          f"epochs={metrics.get('epochs', 0)} wall={seconds:.1f}s run_dir={shown}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny synthetic PNG tree, in-process config composition, the real MNIST files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from mnist99.config import CONFIG_DIR, register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+register_resolvers()
+
+
+def synthetic_digit(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 28x28 uint8 image whose class is a bright 6x6 block at a label-dependent place, plus noise:
+    learnable in a few steps by every model, so 'accuracy went up' is a fair test."""
+    img = rng.integers(0, 60, size=(28, 28), dtype=np.uint8)
+    r, c = divmod(label, 4)
+    y, x = 2 + 8 * r + rng.integers(-1, 2), 2 + 6 * c + rng.integers(-1, 2)
+    img[y : y + 6, x : x + 6] = 255
+    return img
+
+
+def write_png_tree(root: Path, n_train: int = 40, n_test: int = 12, classes: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("training", n_train), ("testing", n_test)):
+        for label in range(classes):
+            d = root / split / str(label)
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(synthetic_digit(label, rng), mode="L").save(d / f"{label * 1000 + i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory) -> Path:
+    """10 classes x (40 training + 12 testing) synthetic 28x28 PNGs."""
+    return write_png_tree(tmp_path_factory.mktemp("tiny") / "mnist_png")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_tree):
+    """Compose `conf/train.yaml` in-process with overrides, pointed at the tiny tree and tmp_path."""
+
+    def _make(*overrides: str, data_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[f"data.data_dir={data_dir or tiny_tree}", "data.val_size=60", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def shared_mnist() -> Path:
+    if not all((SHARED_MNIST / f"{n}.gz").is_file() for n in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+        pytest.skip(f"the real MNIST IDX files are not at {SHARED_MNIST}")
+    return SHARED_MNIST
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` as a user would; returns the finished process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)

