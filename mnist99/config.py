@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 from pathlib import Path
@@ -23,9 +24,17 @@ def project_root() -> str:
     return str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd())
 
 
+def folder_name(text: str, limit: int = 150) -> str:
+    """An override list made safe as one folder name: no '/', not too long for the filesystem."""
+    text = str(text).replace("/", "_").replace("\\", "_") or "default"
+    return text if len(text) <= limit else text[: limit - 9] + "~" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mnist99.root"):
         OmegaConf.register_new_resolver("mnist99.root", project_root)
+    if not OmegaConf.has_resolver("mnist99.folder_name"):
+        OmegaConf.register_new_resolver("mnist99.folder_name", folder_name)
 
 
 def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:

@@ -29,6 +29,7 @@ register_resolvers()
 # Batches come from in-memory tensors: worker processes would only add start-up time.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
+warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
 
 
 def choices() -> dict[str, str]:
@@ -70,9 +71,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.data.val_size == 0:
+            # Validation ran on testing/: picking the best epoch by it would select on the test
+            # set, so report the final weights, as the blog's last-epoch figures do.
+            best = ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        metrics["best_checkpoint"] = best
+        metrics["tested_weights"] = best or "final weights"
     metrics["epochs"] = trainer.current_epoch
     return metrics
 
@@ -112,7 +117,12 @@ def run(cfg: DictConfig) -> float | None:
         sys.exit(2)
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
     if record:
-        record.finish(status, metrics={k: v for k, v in metrics.items() if isinstance(v, float)}, best_checkpoint=metrics.get("best_checkpoint", ""))
+        record.finish(
+            status,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+            epochs=metrics.get("epochs"),
+            tested_weights=metrics.get("tested_weights", "none"),
+        )
         summary(cfg, metrics, record.seconds, run_dir)
     value = metrics.get(cfg.get("optimized_metric", "val/acc_best"))
     return value if value is not None and math.isfinite(value) else None

@@ -54,10 +54,12 @@ def tiny_tree(tmp_path_factory) -> Path:
 def make_cfg(tmp_path, tiny_tree):
     """Compose `conf/train.yaml` in-process with overrides, pointed at the tiny tree and tmp_path."""
 
-    def _make(*overrides: str, data_dir: Path | None = None) -> DictConfig:
+    def _make(*overrides: str, data_dir: Path | None = None, val_size: int | None = 60) -> DictConfig:
+        """val_size=None keeps the composed value (the tiny tree's 400 images are fewer than 5000)."""
         GlobalHydra.instance().clear()
+        base = [f"data.data_dir={data_dir or tiny_tree}"] + ([f"data.val_size={val_size}"] if val_size is not None else [])
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[f"data.data_dir={data_dir or tiny_tree}", "data.val_size=60", *overrides], return_hydra_config=True)
+            cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path)
             cfg.hydra.runtime.output_dir = str(tmp_path)

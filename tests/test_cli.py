@@ -1,0 +1,97 @@
+"""`python train.py` as a user runs it: outputs, TensorBoard content, sweeps, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import run_cli
+
+
+def only(paths):
+    paths = list(paths)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_tree, tmp_path_factory):
+    """One real run started from another folder, its outputs kept in a temporary log dir."""
+    logs = tmp_path_factory.mktemp("logs")
+    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                   f"paths.log_dir={logs}", cwd=tmp_path_factory.mktemp("elsewhere"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, only((logs / "runs").iterdir())
+
+
+def test_run_prints_summary_and_records_itself(finished_run):
+    proc, run_dir = finished_run
+    assert run_dir.name.endswith("_cnn")
+    assert "mnist99: model=cnn test/acc=" in proc.stdout and str(run_dir.name) in proc.stdout
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["status"] == "completed" and record["epochs"] == 2
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"].startswith("2.")
+    assert 0 <= record["metrics"]["test/acc"] <= 1
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["_target_"].endswith("Classifier")
+    assert "trainer.max_epochs=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert only((run_dir / "checkpoints").glob("epoch*.ckpt")).name.startswith("epoch")
+
+
+def test_tensorboard_events_hold_metrics_and_hparams(finished_run):
+    _, run_dir = finished_run
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/acc_best"} <= tags
+    assert len(acc.Scalars("val/acc")) == 2
+    # the hparams summary declares the real metrics, never a placeholder hp_metric
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model"].string_value == "cnn"
+    assert start.hparams["lr"].number_value == pytest.approx(0.003)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc_best", "test/acc"}
+    assert "hp_metric" not in tags
+    # test/acc is in the events too (a second event file written by trainer.test)
+    assert any("test/acc" in EventAccumulator(str(f)).Reload().Tags()["scalars"] for f in run_dir.glob("events.out.tfevents.*"))
+
+
+def test_multirun_two_jobs(tiny_tree, tmp_path):
+    proc = run_cli("-m", "model=linear,mlp", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1",
+                   f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = only((tmp_path / "multirun").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == [f"{i}_data.val_size=60,model={m},trainer.max_epochs=1" for i, m in enumerate(["linear", "mlp"])]
+    for job in jobs:
+        assert yaml.safe_load((sweep / job / "run.yaml").read_text())["status"] == "completed"
+    assert proc.stdout.count("mnist99: model=") == 2
+
+
+BAD = [
+    ("trainer.gpus=1", "trainer.accelerator=cpu"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 is impossible"),
+    ("model=resnet999", "Available options in 'model'"),
+    ("data.batch_size=0", "data.batch_size=0 is impossible"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is impossible"),
+    ("optimizer.lrr=0.1", "Key 'lrr' is not in struct"),
+    ("data.batch_size=abc", "data.batch_size='abc' is impossible"),
+    ("data.val_size=100000", "data.val_size=100000 is impossible"),
+]
+
+
+@pytest.mark.parametrize("override,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_with_a_clear_message(tiny_tree, tmp_path, override, expected):
+    if override == "trainer.gpus=1" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", override, f"paths.log_dir={tmp_path}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert expected in out, out[-2000:]
+    assert "Traceback" not in out

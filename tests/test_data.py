@@ -1,0 +1,119 @@
+"""The datamodule: splits, input format, the decoded cache, and clear errors for broken trees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mnist99.data.cache as cache_mod
+from mnist99.data.datamodule import MNISTDataModule
+from mnist99.errors import ConfigError, DataError
+
+from conftest import write_png_tree
+
+
+def dm_for(root: Path, **kw) -> MNISTDataModule:
+    dm = MNISTDataModule(root, mirrors=(), pypi=False, **{"val_size": 60, "batch_size": 16, **kw})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture
+def tree_copy(tiny_tree, tmp_path) -> Path:
+    dst = tmp_path / "mnist_png"
+    shutil.copytree(tiny_tree, dst, ignore=shutil.ignore_patterns(".mnist99_cache"))
+    return dst
+
+
+def test_splits_are_seeded_and_disjoint(tiny_tree):
+    a, b, c = dm_for(tiny_tree), dm_for(tiny_tree), dm_for(tiny_tree, split_seed=1)
+    assert (len(a.data_train), len(a.data_val), len(a.data_test)) == (340, 60, 120)
+    assert a.classes == tuple(str(i) for i in range(10))
+    assert torch.equal(a.data_val.images, b.data_val.images)
+    assert not torch.equal(a.data_val.images, c.data_val.images)
+    train_rows = {bytes(x.numpy()) for x in a.data_train.images}
+    assert not any(bytes(x.numpy()) in train_rows for x in a.data_val.images)
+
+
+def test_val_size_zero_validates_on_testing(tiny_tree):
+    dm = dm_for(tiny_tree, val_size=0)
+    assert dm.data_val is dm.data_test and len(dm.data_train) == 400
+
+
+def test_val_size_too_large(tiny_tree):
+    with pytest.raises(ConfigError, match="data.val_size=400"):
+        dm_for(tiny_tree, val_size=400)
+
+
+def test_batches_are_whole_tensors_turned_into_model_input(tiny_tree):
+    dm = dm_for(tiny_tree, channels=3)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (16, 28, 28) and y.shape == (16,)
+    x, y = dm.on_after_batch_transfer((x, y), 0)
+    assert x.shape == (16, 3, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(x[:, 0], x[:, 2])
+    raw = dm.data_train.images.float() / 255
+    assert abs(((raw - 0.1307) / 0.3081).mean() - dm.on_after_batch_transfer((dm.data_train.images, y), 0)[0].mean()) < 1e-4
+
+
+def test_second_setup_loads_the_cache(tree_copy, monkeypatch):
+    first = dm_for(tree_copy)
+    assert len(list((tree_copy / ".mnist99_cache").glob("*.pt"))) == 2
+    monkeypatch.setattr(cache_mod, "decode_split", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    second = dm_for(tree_copy)
+    assert torch.equal(first.data_train.images, second.data_train.images)
+
+
+def test_edited_folder_rebuilds_the_cache(tree_copy):
+    dm_for(tree_copy)
+    shutil.copy(tree_copy / "training" / "3" / "3000.png", tree_copy / "training" / "3" / "9999.png")
+    dm = dm_for(tree_copy)
+    assert len(dm.data_train) + len(dm.data_val) == 401
+    assert len(list((tree_copy / ".mnist99_cache").glob("training-*.pt"))) == 1  # the stale one is gone
+
+
+def test_corrupt_cache_is_rebuilt(tree_copy):
+    good = dm_for(tree_copy)
+    for f in (tree_copy / ".mnist99_cache").glob("*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    again = dm_for(tree_copy)
+    assert torch.equal(good.data_train.images, again.data_train.images)
+
+
+def test_corrupt_png_names_the_file(tree_copy):
+    bad = tree_copy / "training" / "5" / "5001.png"
+    bad.write_bytes(bad.read_bytes()[:30])
+    with pytest.raises(DataError, match="5001.png"):
+        dm_for(tree_copy)
+
+
+def test_different_classes_in_the_splits(tree_copy):
+    shutil.rmtree(tree_copy / "testing" / "9")
+    with pytest.raises(DataError, match="class folders differ"):
+        dm_for(tree_copy)
+
+
+def test_tree_without_class_folders(tmp_path):
+    (tmp_path / "d" / "training").mkdir(parents=True)
+    (tmp_path / "d" / "testing").mkdir()
+    with pytest.raises(DataError, match="holds no class folders"):
+        dm_for(tmp_path / "d")
+
+
+def test_missing_tree_without_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST99_SOURCE", raising=False)
+    with pytest.raises(DataError, match="data.source"):
+        dm_for(tmp_path / "nowhere")
+
+
+def test_other_image_sizes_are_refused(tmp_path):
+    root = write_png_tree(tmp_path / "t", n_train=3, n_test=2)
+    from PIL import Image
+
+    Image.new("L", (32, 32)).save(root / "training" / "0" / "77.png")
+    with pytest.raises(DataError, match="32x32"):
+        dm_for(root, val_size=1)

@@ -1,0 +1,56 @@
+"""Models: each trains a fast_dev_run; the first-principles model's step is the hand-written one."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from mnist99.errors import ConfigError
+from mnist99.models.classifier import ScratchLinear
+from mnist99.models.nets import FastCNN, count_macs
+from mnist99.train import train
+
+MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run(make_cfg, model):
+    cfg = make_cfg(f"model={model}", "trainer.fast_dev_run=true", "data.batch_size=8", "trainer.accelerator=cpu")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_training_raises_accuracy(make_cfg):
+    """A short real training on the synthetic tree goes from chance (10%) to well above it."""
+    cfg = make_cfg("model=cnn", "trainer.max_epochs=4", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none")
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.6, metrics
+    assert metrics["val/acc_best"] >= metrics["val/acc"] - 1e-6
+
+
+def test_scratch_step_is_plain_sgd():
+    torch.manual_seed(0)
+    model = ScratchLinear(optimizer=partial(torch.optim.SGD, lr=0.5))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    before = model.weights.detach().clone()
+    loss = model.loss(model(x), y)
+    # the written-out loss is log-softmax + NLL, i.e. cross-entropy
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(model(x), y))
+    loss.backward()
+    grad = model.weights.grad.clone()
+    opt = model.configure_optimizers()
+    opt.step()
+    torch.testing.assert_close(model.weights.detach(), before - 0.5 * grad)
+
+
+@pytest.mark.parametrize("bad", [partial(torch.optim.Adam, lr=0.1), partial(torch.optim.SGD, lr=0.1, momentum=0.9)])
+def test_scratch_refuses_other_optimizers(bad):
+    with pytest.raises(ConfigError, match="optimizer=sgd"):
+        ScratchLinear(optimizer=bad)
+
+
+def test_fast_cnn_is_cheap():
+    assert count_macs(FastCNN()) < 2.5e6
