@@ -62,7 +62,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "model.in_channels", integer=True, minimum=1, hint="1 (grey) or 3 (grey repeated, as the blog).")
     _number(cfg, "seed", integer=True, minimum=0, hint="Any non-negative integer.")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
-        _number(cfg, f"trainer.{key}", integer=False, minimum=0, strict=True, hint="A fraction (0.1) or a batch count (20).")
+        _number(cfg, f"trainer.{key}", integer=False, minimum=0, hint="A fraction (0.1), a batch count (20), or 0 to skip.")
     if OmegaConf.select(cfg, "data.std") is not None and cfg.data.std <= 0:
         raise ConfigError(f"data.std={cfg.data.std!r} is impossible: it must be positive.")
     if "_target_" not in cfg.model:
@@ -93,3 +93,52 @@ def _no_gpu_message(asked: str) -> str:
         "trainer.accelerator=cpu (or leave it at auto), or run on a machine with an NVIDIA GPU and a "
         "CUDA build of PyTorch."
     )
+
+
+def unknown_override_keys(args: list[str]) -> str | None:
+    """A message for `key=value` overrides whose key is not in the composed config, listing the
+    keys that are there (Hydra itself only says 'not in struct'); None when all keys exist.
+
+    Group choices (`model=mlp`) are composed first, so `model.net.hidden_size` is checked against
+    the chosen model. Appends (`+key=`), deletions and group sweeps are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
+        return None
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    choices = [o for o in overrides if o.key_or_group.split("/")[0] in groups and "." not in o.key_or_group]
+    keys = [o for o in overrides if o not in choices and not o.key_or_group.startswith("hydra")]
+    if not keys or any(o.is_sweep_override() for o in choices):
+        return None
+    if GlobalHydra.instance().is_initialized():
+        return None  # composed by a caller (tests, another app): nothing to check against here
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[o.input_line for o in choices])
+    except Exception:  # noqa: BLE001 - an unknown group option: Hydra lists the valid ones
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    for o in keys:
+        *parents, leaf = o.key_or_group.split(".")
+        node, path = cfg, []
+        for part in parents:
+            if not isinstance(node, DictConfig) or part not in node:
+                break
+            node, path = node[part], [*path, part]
+        else:
+            if isinstance(node, DictConfig) and leaf in node:
+                continue
+        where = ".".join(path) or "the top level"
+        valid = ", ".join(sorted(str(k) for k in node.keys())) if isinstance(node, DictConfig) else "(none: it is not a section)"
+        return (
+            f"Unknown config key '{o.key_or_group}' in the override '{o.input_line}'. The keys under {where} are: "
+            f"{valid}. Check the spelling, or add a new key on purpose with +{o.input_line}."
+        )
+    return None

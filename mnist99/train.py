@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99.config import CONFIG_DIR, apply_gpus_shorthand, register_resolvers, validate
+from mnist99.config import CONFIG_DIR, apply_gpus_shorthand, register_resolvers, unknown_override_keys, validate
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.run_info import RunRecord
 from mnist99.tensorboard import log_hparams
@@ -142,8 +142,17 @@ def summary(cfg: DictConfig, metrics: dict, seconds: float, run_dir: Path) -> No
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     return run(cfg)
+
+
+def main() -> None:
+    """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
+    message = unknown_override_keys(sys.argv[1:])
+    if message:
+        print(f"\nmnist99: error: {message}\n", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

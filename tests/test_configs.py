@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from hydra.utils import instantiate
-
 from pathlib import Path
 
-from mnist99.config import CONFIG_DIR, validate
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from mnist99.config import CONFIG_DIR, unknown_override_keys, validate
 from mnist99.train import build_model
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
@@ -78,3 +79,11 @@ def test_blog_resnet_uses_three_channels(make_cfg):
     assert cfg.model.in_channels == 3 and cfg.data.channels == 3 and cfg.data.batch_size == 64
     assert build_model(cfg).net.conv1.in_channels == 3
     assert build_model(make_cfg("model=resnet18", "model.in_channels=1")).net.conv1.in_channels == 1
+
+
+def test_unknown_keys_are_named_with_the_valid_ones():
+    GlobalHydra.instance().clear()
+    assert unknown_override_keys(["optimizer.lr=0.1", "model=mlp", "model.net.hidden_size=3", "-m", "seed=1,2"]) is None
+    message = unknown_override_keys(["optimizer=sgd", "optimizer.momentun=0.9"])
+    assert "'optimizer.momentun'" in message and "momentum" in message
+    assert unknown_override_keys(["+optimizer.foo=1", "hydra.job.chdir=false"]) is None

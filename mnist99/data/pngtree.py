@@ -22,7 +22,7 @@ class SplitListing:
 
     root: Path
     classes: tuple[str, ...]
-    files: tuple[str, ...]  # paths relative to root, sorted by class then name
+    files: tuple[str, ...]  # paths relative to root, in file-name order across classes
     labels: tuple[int, ...]
     fingerprint: str  # changes when any file is added, removed, resized or touched
 
@@ -47,22 +47,24 @@ def list_split(root: Path) -> SplitListing:
             f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9) with PNG "
             "files in each. Check data.data_dir, or delete the folder to have MNIST built again."
         )
-    files, labels, h = [], [], hashlib.sha1()
+    found = []
     for label, cls in enumerate(classes):
-        entries = sorted(
-            (e for e in os.scandir(root / cls) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)),
-            key=lambda e: _natural_key(e.name),
-        )
+        entries = [e for e in os.scandir(root / cls) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
         if not entries:
             raise DataError(
                 f"The class folder {root / cls} holds no .png files. Remove the empty folder or add its images."
             )
-        for e in entries:
-            st = e.stat()
-            rel = f"{cls}/{e.name}"
-            files.append(rel)
-            labels.append(label)
-            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        found += [(_natural_key(e.name), label, e) for e in entries]
+    # Ordered by file name across classes: mnist_png names files by their index in the IDX file, so
+    # this is MNIST's own order, classes interleaved, and a few batches are a fair sample.
+    found.sort(key=lambda t: (t[0], t[1]))
+    files, labels, h = [], [], hashlib.sha1()
+    for _, label, e in found:
+        st = e.stat()
+        rel = f"{classes[label]}/{e.name}"
+        files.append(rel)
+        labels.append(label)
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return SplitListing(root, tuple(classes), tuple(files), tuple(labels), h.hexdigest())
 
 
