@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -65,8 +66,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices())
 
+    start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["fit_seconds"] = time.perf_counter() - start
     if trainer.interrupted:
         return metrics
     if cfg.get("test"):
@@ -138,7 +141,7 @@ def summary(cfg: DictConfig, metrics: dict, seconds: float, run_dir: Path) -> No
     except ValueError:
         shown = run_dir
     print(f"\nmnist99: model={model} {acc_txt} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
-          f"epochs={metrics.get('epochs', 0)} wall={seconds:.1f}s run_dir={shown}")
+          f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={seconds:.1f}s run_dir={shown}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnist99.data.cache import load_split
-from mnist99.errors import ConfigError
+from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,6 @@ class MNISTDataModule(L.LightningDataModule):
         train_x, train_y, classes = load_split(self.data_dir / "training", self.image_size)
         test_x, test_y, test_classes = load_split(self.data_dir / "testing", self.image_size)
         if classes != test_classes:
-            from mnist99.errors import DataError
-
             raise DataError(
                 f"The class folders differ between {self.data_dir / 'training'} {list(classes)} and "
                 f"{self.data_dir / 'testing'} {list(test_classes)}; both splits need the same classes."

@@ -28,7 +28,7 @@ class SplitListing:
 
 
 def _natural_key(name: str):
-    stem = Path(name).stem
+    stem = name.rsplit(".", 1)[0]
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
 
 

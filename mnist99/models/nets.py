@@ -31,17 +31,31 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class FastCNN(nn.Sequential):
-    """A small BatchNorm conv net sized for a CPU: three conv blocks at 28, 14 and 7 pixels.
+    """A small BatchNorm conv net sized for a CPU: three conv blocks at 28 (or 14), 14 and 7 pixels.
 
     With the default widths (16, 32, 64) it costs about 1.9 M multiply-adds per image, so an
     epoch of 55k images takes seconds on two cores, and it passes 99% within a few epochs.
+    `stem_stride=2` (with `stem_kernel=5`) makes the first conv go straight to 14x14: about the
+    same multiply-adds, but a quarter of the activations to write, which is what costs on a CPU.
     """
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        num_classes: int = 10,
+        stem_kernel: int = 3,
+        stem_stride: int = 1,
+    ):
         w1, w2, w3 = widths
+        stem = [
+            nn.Conv2d(in_channels, w1, stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(inplace=True),
+        ]
         super().__init__(
-            conv_bn(in_channels, w1),
-            nn.MaxPool2d(2),  # 14x14
+            *stem,
+            *([nn.MaxPool2d(2)] if stem_stride == 1 else []),  # 14x14
             conv_bn(w1, w2),
             nn.MaxPool2d(2),  # 7x7
             conv_bn(w2, w3),
