@@ -54,3 +54,14 @@ def test_scratch_refuses_other_optimizers(bad):
 
 def test_fast_cnn_is_cheap():
     assert count_macs(FastCNN()) < 2.5e6
+
+
+def test_label_smoothing_applies_to_training_only():
+    from mnist99.models.classifier import Classifier
+    from mnist99.models.nets import LinearNet
+
+    model = Classifier(LinearNet(), label_smoothing=0.2)
+    logits, y = torch.tensor([[8.0] + [0.0] * 9]), torch.tensor([0])
+    assert model.training and model.loss(logits, y) > torch.nn.functional.cross_entropy(logits, y) + 0.1
+    model.eval()
+    torch.testing.assert_close(model.loss(logits, y), torch.nn.functional.cross_entropy(logits, y))

@@ -88,15 +88,20 @@ class Classifier(ClassifierBase):
         in_channels: int = 1,
         num_classes: int = 10,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
     ):
         super().__init__(num_classes)
         self.net = net
+        self.label_smoothing = label_smoothing
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.in_channels = in_channels
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if self.training else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
