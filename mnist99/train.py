@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -46,8 +47,8 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
     return instantiate(cfg.model, optimizer=optimizer, **extra)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and (with cfg.test) test one model; returns the final metrics as floats."""
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and (with cfg.test) test one model; returns the final metrics (floats), epochs and what was tested."""
     validate(cfg)
     apply_gpus_shorthand(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

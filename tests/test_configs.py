@@ -15,7 +15,7 @@ GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_
 
 
 def test_groups_present():
-    for group in ("data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "paths", "hydra"):
+    for group in ("data", "augment", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "paths", "hydra"):
         assert GROUPS.get(group), f"conf/{group}/ is missing or empty"
     assert {"linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152"} <= set(GROUPS["model"])
 
@@ -88,3 +88,9 @@ def test_unknown_keys_are_named_with_the_valid_ones():
     message = unknown_override_keys(["optimizer=sgd", "optimizer.momentun=0.9"])
     assert "'optimizer.momentun'" in message and "momentum" in message
     assert unknown_override_keys(["+optimizer.foo=1", "hydra.job.chdir=false"]) is None
+
+
+@pytest.mark.parametrize("augment", GROUPS["augment"])
+def test_every_augment_builds(make_cfg, augment):
+    dm = instantiate(make_cfg(f"augment={augment}").data, _convert_="all")
+    assert (dm.augment is None) == (augment == "none")

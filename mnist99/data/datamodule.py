@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -39,11 +39,18 @@ def _batch_as_is(batch):
 
 
 def to_model_input(
-    images: torch.Tensor, channels: int = 1, normalize: bool = True, mean: float = 0.1307, std: float = 0.3081
+    images: torch.Tensor,
+    channels: int = 1,
+    normalize: bool = True,
+    mean: float = 0.1307,
+    std: float = 0.3081,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, channels, H, W): scaled to [0, 1], optionally standardised,
-    the grey channel repeated when the model wants more than one."""
+    """uint8 (B, H, W) -> float (B, channels, H, W): scaled to [0, 1], augmented (training only),
+    optionally standardised, the grey channel repeated when the model wants more than one."""
     x = images.unsqueeze(1).float().div_(255)
+    if augment is not None:
+        x = augment(x)
     if normalize:
         x = x.sub_(mean).div_(std)
     return x.expand(-1, channels, -1, -1) if channels != 1 else x
@@ -54,7 +61,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     train = training minus a seeded hold-out of `val_size` images, val = that hold-out (or
     testing when val_size is 0), test = testing. Batches travel as uint8 and become floats on the
-    model's device (`on_after_batch_transfer`).
+    model's device (`on_after_batch_transfer`), where training batches are also augmented.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class MNISTDataModule(L.LightningDataModule):
         std: float = 0.3081,
         num_workers: int = 0,
         image_size: int = 28,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -79,6 +87,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
         self.channels, self.normalize, self.mean, self.std = channels, normalize, mean, std
         self.num_workers, self.image_size = num_workers, image_size
+        self.augment = augment or None  # an empty config ({}) means none
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
 
@@ -143,4 +152,5 @@ class MNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
-        return to_model_input(x, self.channels, self.normalize, self.mean, self.std), y
+        training = self.augment is not None and self.trainer is not None and self.trainer.training
+        return to_model_input(x, self.channels, self.normalize, self.mean, self.std, self.augment if training else None), y

@@ -1,0 +1,57 @@
+"""Batch augmentation: identity when off, bounded shifts, labels and shapes kept, training only."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mnist99.data.augment import BatchRandomAffine
+from mnist99.data.datamodule import MNISTDataModule
+
+
+def test_no_op_settings_are_the_identity():
+    x = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(BatchRandomAffine()(x), x)
+
+
+def test_shift_moves_whole_pixels_within_bounds():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, 0, 14, 14] = 1.0
+    out = BatchRandomAffine(shift=2)(x)
+    flat = out.flatten(1)
+    assert torch.allclose(flat.sum(1), torch.ones(64))  # one whole pixel moved, nothing blurred
+    rows, cols = flat.argmax(1) // 28, flat.argmax(1) % 28
+    assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 5  # different shifts per image
+
+
+def test_rotation_keeps_shape_and_most_ink():
+    torch.manual_seed(0)
+    x = torch.zeros(16, 3, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    out = BatchRandomAffine(shift=2, degrees=15, scale=(0.9, 1.1))(x)
+    assert out.shape == x.shape
+    assert (out.sum((1, 2, 3)) / x.sum((1, 2, 3)) - 1).abs().max() < 0.3
+
+
+@pytest.mark.parametrize("kw", [{"shift": -1}, {"degrees": -5}, {"scale": (1.2, 1.0)}])
+def test_impossible_settings(kw):
+    with pytest.raises(ValueError):
+        BatchRandomAffine(**kw)
+
+
+def test_datamodule_augments_training_batches_only(tiny_tree):
+    dm = MNISTDataModule(tiny_tree, val_size=60, batch_size=32, augment=BatchRandomAffine(shift=3))
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=False)
+    plain, y_plain = dm.on_after_batch_transfer((x, y), 0)
+    dm.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(1)
+    augmented, y_aug = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(y_plain, y) and torch.equal(y_aug, y)
+    assert augmented.shape == plain.shape == (32, 1, 28, 28)
+    assert not torch.equal(augmented, plain)
