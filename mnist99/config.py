@@ -142,3 +142,12 @@ def unknown_override_keys(args: list[str]) -> str | None:
             f"{valid}. Check the spelling, or add a new key on purpose with +{o.input_line}."
         )
     return None
+
+
+def drop_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
+    """SyncBatchNorm needs CUDA: on a CPU, DDP (trainer=ddp) averages gradients but keeps each
+    process's BatchNorm statistics its own."""
+    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if cfg.trainer.get("sync_batchnorm") and on_cpu:
+        log.info("trainer.sync_batchnorm needs a GPU; running without it on the CPU")
+        cfg.trainer.sync_batchnorm = False

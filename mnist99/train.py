@@ -20,7 +20,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99.config import CONFIG_DIR, apply_gpus_shorthand, register_resolvers, unknown_override_keys, validate
+from mnist99.config import (
+    CONFIG_DIR,
+    apply_gpus_shorthand,
+    drop_sync_batchnorm_on_cpu,
+    register_resolvers,
+    unknown_override_keys,
+    validate,
+)
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.run_info import RunRecord
 from mnist99.tensorboard import log_hparams
@@ -51,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and (with cfg.test) test one model; returns the final metrics (floats), epochs and what was tested."""
     validate(cfg)
     apply_gpus_shorthand(cfg)
+    drop_sync_batchnorm_on_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data, _convert_="all")

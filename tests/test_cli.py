@@ -96,3 +96,14 @@ def test_bad_input_exits_with_a_clear_message(tiny_tree, tmp_path, override, exp
     assert proc.returncode != 0
     assert expected in out, out[-2000:]
     assert "Traceback" not in out
+
+
+def test_ddp_on_two_cpu_processes(tiny_tree, tmp_path):
+    """trainer=ddp really starts two processes (gloo) and still leaves exactly one run folder."""
+    proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={tiny_tree}",
+                   "data.val_size=60", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only((tmp_path / "runs").iterdir())
+    assert (run_dir / "train_ddp_process_1.log").is_file()  # the second rank ran
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["status"] == "completed"
+    assert proc.stdout.count("mnist99: model=") == 1  # one summary, from rank 0

@@ -117,3 +117,34 @@ def test_other_image_sizes_are_refused(tmp_path):
     Image.new("L", (32, 32)).save(root / "training" / "0" / "77.png")
     with pytest.raises(DataError, match="32x32"):
         dm_for(root, val_size=1)
+
+
+def _ids_dataset(n: int):
+    from mnist99.data.datamodule import TensorBatchDataset
+
+    return TensorBatchDataset(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))  # label = image id
+
+
+def test_every_image_exactly_once_per_epoch():
+    dm = MNISTDataModule("unused", batch_size=64)
+    dm.data_train = _ids_dataset(1000)
+    epochs = [torch.cat([y for _, y in dm.train_dataloader()]) for _ in range(2)]
+    for seen in epochs:
+        assert torch.equal(seen.sort().values, torch.arange(1000))
+    assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
+
+
+def test_ddp_shards_are_disjoint_and_complete():
+    """Lightning gives each DDP rank a DistributedSampler; whole-batch fetching must respect it."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from mnist99.data.datamodule import _batch_as_is
+
+    dataset = _ids_dataset(1000)
+    shards = []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        loader = DataLoader(dataset, batch_size=64, sampler=sampler, collate_fn=_batch_as_is)
+        shards.append(set(torch.cat([y for _, y in loader]).tolist()))
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] == set(range(1000))

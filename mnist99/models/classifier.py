@@ -64,7 +64,7 @@ class ClassifierBase(L.LightningModule):
     def test_step(self, batch, batch_idx):
         loss, logits, y = self.step(batch)
         self.test_acc(logits, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def predict_step(self, batch, batch_idx):
@@ -117,7 +117,8 @@ class Classifier(ClassifierBase):
         if self.scheduler_factory is None:
             return optimizer
         params = inspect.signature(self.scheduler_factory.func).parameters
-        steps = int(self.trainer.estimated_stepping_batches)
+        # OneCycleLR divides by the length of its phases, which vanish below ~10 steps (smoke runs).
+        steps = max(int(self.trainer.estimated_stepping_batches), 10)
         extra = {"total_steps": steps} if "total_steps" in params else {"T_max": steps} if "T_max" in params else {}
         scheduler = self.scheduler_factory(optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
