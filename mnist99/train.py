@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
@@ -54,7 +54,7 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
     return instantiate(cfg.model, optimizer=optimizer, **extra)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Train and (with cfg.test) test one model; returns the final metrics (floats), epochs and what was tested."""
     validate(cfg)
     apply_gpus_shorthand(cfg)
@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     model = build_model(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices())
 

@@ -9,7 +9,9 @@ Figures:
   (uint8 batches indexed whole, turned into normalised floats) against torchvision's
   ImageFolder + DataLoader(num_workers) + ToTensor + Normalize on the same PNG tree;
 - training: images/s of fwd+bwd+optimizer step per model, in a bare PyTorch loop and inside
-  Lightning's Trainer (the framework's overhead is the gap).
+  Lightning's Trainer (the framework's overhead is the gap);
+- time to accuracy (--tta fast,accurate --seeds 5): training seconds until val/acc first reaches
+  99.0% / 99.5% (checked at each validation), and the final test accuracy, per recipe over seeds.
 """
 
 from __future__ import annotations
@@ -77,17 +79,23 @@ def imagefolder_rate(data_dir: Path, batch_size: int, workers: int, max_batches:
     return n / (time.perf_counter() - t)
 
 
-def compose_cfg(model: str, data_dir: Path, batch_size: int):
+def compose_cfg(*overrides: str):
+    """conf/train.yaml composed with `overrides`, registered as Hydra's current config as in a run."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     from mnist99.config import CONFIG_DIR, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0",
-                                           "paths.output_dir=/tmp/mnist99-bench", "logger=none", "callbacks=none"])
+        cfg = compose("train", overrides=["logger=none", "trainer.enable_progress_bar=false", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = f"/tmp/mnist99-bench/{os.getpid()}"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warmup: int = 3) -> dict:
@@ -96,7 +104,7 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warm
 
     from mnist99.train import build_model
 
-    cfg = compose_cfg(model, data_dir, batch_size)
+    cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0", "callbacks=none")
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,6 +149,30 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warm
     return {"bare_img_s": bare, "lightning_img_s": clock.rate, "framework_overhead": 1 - clock.rate / bare}
 
 
+def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[str], thresholds=(0.99, 0.995)) -> dict:
+    from mnist99.callbacks import TimeToAccuracy
+    from mnist99.train import train
+
+    runs = []
+    for seed in range(seeds):
+        clock = TimeToAccuracy(thresholds)
+        cfg = compose_cfg(f"experiment={experiment}", f"seed={seed}", f"data.data_dir={data_dir}", *extra)
+        metrics = train(cfg, extra_callbacks=[clock])
+        runs.append({"seed": seed, "test_acc": metrics.get("test/acc"), "fit_s": metrics["fit_seconds"],
+                     **{f"s_to_{t}": clock.reached.get(t) for t in thresholds}})
+        print(f"  {experiment} seed {seed}: {runs[-1]}", file=sys.stderr)
+    return {"runs": runs, "thresholds": list(thresholds)}
+
+
+def mean_std(values: list) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "never"
+    t = torch.tensor(vals, dtype=torch.float64)
+    missed = f" ({len(values) - len(vals)} of {len(values)} never)" if len(vals) < len(values) else ""
+    return f"{t.mean():.1f} ± {t.std() if len(vals) > 1 else 0:.1f}{missed}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "mnist_png")
@@ -149,6 +181,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed training steps per model")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers for the ImageFolder baseline")
     p.add_argument("--classic-batches", type=int, default=0, help="limit the ImageFolder epoch to N batches (0: full epoch)")
+    p.add_argument("--tta", default="", help="recipes (experiment names) to time to 99.0%% / 99.5%%, e.g. fast,accurate")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per --tta recipe")
+    p.add_argument("--skip-speed", action="store_true", help="only the --tta part")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra override for the --tta runs (repeatable)")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default outputs/benchmark/<time>.json)")
     args = p.parse_args()
 
@@ -163,21 +199,37 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     result: dict = {"machine": machine(), "batch_size": args.batch_size}
-    result["load"] = load_times(args.data_dir)
-    fast = tensor_path_rate(args.data_dir, args.batch_size)
-    classic = imagefolder_rate(args.data_dir, args.batch_size, args.workers, args.classic_batches or None)
-    result["data_path"] = {"mnist99_img_s": fast, "imagefolder_img_s": classic, "ratio": fast / classic, "workers": args.workers}
-    result["training"] = {}
-    for model in [m for m in args.models.split(",") if m]:
-        result["training"][model] = training_rates(model, args.data_dir, args.batch_size, args.steps)
-        print(f"  {model}: {result['training'][model]['lightning_img_s']:.0f} img/s", file=sys.stderr)
+    if not args.skip_speed:
+        result["load"] = load_times(args.data_dir)
+        fast = tensor_path_rate(args.data_dir, args.batch_size)
+        classic = imagefolder_rate(args.data_dir, args.batch_size, args.workers, args.classic_batches or None)
+        result["data_path"] = {"mnist99_img_s": fast, "imagefolder_img_s": classic, "ratio": fast / classic, "workers": args.workers}
+        result["training"] = {}
+        for model in [m for m in args.models.split(",") if m]:
+            result["training"][model] = training_rates(model, args.data_dir, args.batch_size, args.steps)
+            print(f"  {model}: {result['training'][model]['lightning_img_s']:.0f} img/s", file=sys.stderr)
+    result["time_to_accuracy"] = {e: time_to_accuracy(e, args.data_dir, args.seeds, args.set) for e in args.tta.split(",") if e}
 
     out = args.json or ROOT / "outputs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
-    load, dp = result["load"], result["data_path"]
     print(f"\n**Machine:** {result['machine']}; batch size {args.batch_size}\n")
+    if not args.skip_speed:
+        print_speed(result)
+    if result["time_to_accuracy"]:
+        print("| recipe | seeds | s to val/acc 99.0% | s to val/acc 99.5% | fit s | test/acc |\n| --- | --- | --- | --- | --- | --- |")
+        for e, r in result["time_to_accuracy"].items():
+            runs = r["runs"]
+            accs = torch.tensor([x["test_acc"] for x in runs], dtype=torch.float64) * 100
+            acc = f"{accs.mean():.2f} ± {accs.std() if len(runs) > 1 else 0:.2f}%"
+            print(f"| {e} | {len(runs)} | {mean_std([x['s_to_0.99'] for x in runs])} | {mean_std([x['s_to_0.995'] for x in runs])} "
+                  f"| {mean_std([x['fit_s'] for x in runs])} | {acc} |")
+    print(f"\nJSON: {out}")
+
+
+def print_speed(result: dict) -> None:
+    load, dp = result["load"], result["data_path"]
     print("| data | figure |\n| --- | --- |")
     print(f"| cold decode of {load['images']:,} PNGs | {load['cold_decode_s']:.1f} s |")
     print(f"| warm load from the cache | {load['warm_load_s']:.2f} s |")
@@ -187,7 +239,7 @@ def main() -> None:
     print("| model | bare PyTorch img/s | in Lightning img/s | framework overhead |\n| --- | --- | --- | --- |")
     for model, r in result["training"].items():
         print(f"| {model} | {r['bare_img_s']:,.0f} | {r['lightning_img_s']:,.0f} | {r['framework_overhead']:.0%} |")
-    print(f"\nJSON: {out}")
+    print()
 
 
 if __name__ == "__main__":

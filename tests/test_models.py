@@ -65,3 +65,19 @@ def test_label_smoothing_applies_to_training_only():
     assert model.training and model.loss(logits, y) > torch.nn.functional.cross_entropy(logits, y) + 0.1
     model.eval()
     torch.testing.assert_close(model.loss(logits, y), torch.nn.functional.cross_entropy(logits, y))
+
+
+def test_time_to_accuracy_records_the_first_crossing():
+    from types import SimpleNamespace
+
+    from mnist99.callbacks import TimeToAccuracy
+
+    clock = TimeToAccuracy((0.9, 0.99))
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={})
+    clock.on_train_start(trainer, None)
+    for acc in (0.5, 0.95, 0.92, 0.995):
+        trainer.callback_metrics["val/acc"] = torch.tensor(acc)
+        clock.on_validation_end(trainer, None)
+        if acc == 0.95:
+            first = clock.reached[0.9]
+    assert clock.reached[0.9] == first and clock.reached[0.99] >= first
