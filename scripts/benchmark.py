@@ -102,6 +102,7 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warm
     import lightning as L
     from hydra.utils import instantiate
 
+    from mnist99.models.classifier import ScratchLinear
     from mnist99.train import build_model
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0", "callbacks=none")
@@ -111,7 +112,7 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warm
 
     # bare PyTorch: the model's own compute on real batches
     module = build_model(cfg).to(device)
-    opt = module.configure_optimizers() if model == "linear_scratch" else torch.optim.AdamW(module.parameters(), 1e-3)
+    opt = module.configure_optimizers() if isinstance(module, ScratchLinear) else instantiate(cfg.optimizer)(params=module.parameters())
     batches = iter(dm.train_dataloader())
     for i in range(warmup + steps):
         if i == warmup:

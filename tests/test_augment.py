@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist99.data.augment import BatchRandomAffine
-from mnist99.data.datamodule import MNISTDataModule
+from mnist99.data.datamodule import MNISTDataModule, to_model_input
 
 
 def test_no_op_settings_are_the_identity():
@@ -55,3 +55,4 @@ def test_datamodule_augments_training_batches_only(tiny_tree):
     assert torch.equal(y_plain, y) and torch.equal(y_aug, y)
     assert augmented.shape == plain.shape == (32, 1, 28, 28)
     assert not torch.equal(augmented, plain)
+    torch.testing.assert_close(plain, to_model_input(x))  # eval batches are left as they are

@@ -26,8 +26,12 @@ class MLP(nn.Sequential):
         )
 
 
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class FastCNN(nn.Sequential):
@@ -48,13 +52,8 @@ class FastCNN(nn.Sequential):
         stem_stride: int = 1,
     ):
         w1, w2, w3 = widths
-        stem = [
-            nn.Conv2d(in_channels, w1, stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False),
-            nn.BatchNorm2d(w1),
-            nn.ReLU(inplace=True),
-        ]
         super().__init__(
-            *stem,
+            conv_bn(in_channels, w1, stem_kernel, stem_stride),
             *([nn.MaxPool2d(2)] if stem_stride == 1 else []),  # 14x14
             conv_bn(w1, w2),
             nn.MaxPool2d(2),  # 7x7
