@@ -12,11 +12,13 @@ from typing import Any, Sequence
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,10 +57,21 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Train and (with cfg.test) test one model; returns the final metrics (floats), epochs and what was tested."""
+    """Train and (with cfg.test) test one model, or an ensemble (cfg.ensemble.members > 1); returns
+    the final metrics (floats), epochs and what was tested."""
     validate(cfg)
     apply_gpus_shorthand(cfg)
     drop_sync_batchnorm_on_cpu(cfg)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    if cfg.get("ensemble") and cfg.ensemble.members != 1:
+        from mnist99.ensemble import train_ensemble
+
+        return train_ensemble(cfg)
+    return fit_and_test(cfg, extra_callbacks)[0]
+
+
+def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> tuple[dict[str, Any], L.LightningModule, L.LightningDataModule]:
+    """Fit one model and (with cfg.test) test it: (metrics, the trained model, its datamodule)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -72,6 +85,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     model = build_model(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks)
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices())
 
@@ -80,7 +95,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["fit_seconds"] = time.perf_counter() - start
     if trainer.interrupted:
-        return metrics
+        return metrics, model, datamodule
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.data.val_size == 0:
@@ -91,7 +106,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         metrics["tested_weights"] = best or "final weights"
     metrics["epochs"] = trainer.current_epoch
-    return metrics
+    return metrics, model, datamodule
 
 
 def friendly(e: Exception) -> str | None:

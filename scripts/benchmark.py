@@ -2,6 +2,8 @@
 
     python scripts/benchmark.py                       # data path + load times + every model's training speed
     python scripts/benchmark.py --models cnn,resnet18 --steps 20 --json outputs/benchmark.json
+    python scripts/benchmark.py --variant trainer.precision=bf16-mixed --variant model.compile=true
+    python scripts/benchmark.py --gpu                 # the same on a GPU, with its speed switches (~5 min)
 
 Figures:
 - load: cold decode of every PNG (no cache) and warm load (from the cache), in seconds;
@@ -9,7 +11,9 @@ Figures:
   (uint8 batches indexed whole, turned into normalised floats) against torchvision's
   ImageFolder + DataLoader(num_workers) + ToTensor + Normalize on the same PNG tree;
 - training: images/s of fwd+bwd+optimizer step per model, in a bare PyTorch loop and inside
-  Lightning's Trainer (the framework's overhead is the gap);
+  Lightning's Trainer (the framework's overhead is the gap); each --variant (overrides such as
+  trainer.precision=bf16-mixed, model.compile=true) measured inside Lightning beside the plain run,
+  with the seconds its first steps took (torch.compile compiles there);
 - time to accuracy (--tta fast,accurate --seeds 5): training seconds until val/acc first reaches
   99.0% / 99.5% (checked at each validation), and the final test accuracy, per recipe over seeds.
 """
@@ -32,7 +36,9 @@ import torch  # noqa: E402
 from mnist99.data.datamodule import MNISTDataModule, to_model_input  # noqa: E402
 from mnist99.data.pngtree import decode_split, list_split  # noqa: E402
 
-MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152"]
+MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
+# The speed switches of a GPU, each measured against the plain float32 run (TF32 convolutions).
+GPU_VARIANTS = ["trainer.precision=bf16-mixed", "trainer.precision=16-mixed", "trainer.benchmark=true", "model.compile=true"]
 
 
 def machine() -> str:
@@ -54,29 +60,33 @@ def load_times(data_dir: Path) -> dict:
     return {"cold_decode_s": cold, "warm_load_s": warm, "images": len(dm.data_train) + len(dm.data_test)}
 
 
-def tensor_path_rate(data_dir: Path, batch_size: int) -> float:
-    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0)
-    dm.setup()
+def epoch_rate(dm: MNISTDataModule, device: str, max_batches: int | None = None) -> float:
+    """Images/s of one training epoch's batches, made into normalised floats on `device`."""
     n, t = 0, time.perf_counter()
-    for x, y in dm.train_dataloader():
-        x = to_model_input(x)
-        n += len(y)
-    return n / (time.perf_counter() - t)
-
-
-def imagefolder_rate(data_dir: Path, batch_size: int, workers: int, max_batches: int | None) -> float:
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    loader = torch.utils.data.DataLoader(
-        datasets.ImageFolder(str(data_dir / "training"), transform=tf), batch_size=batch_size, shuffle=True, num_workers=workers
-    )
-    n, t = 0, time.perf_counter()
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in enumerate(dm.train_dataloader()):
+        x = to_model_input(x.to(device, non_blocking=True))
         n += len(y)
         if max_batches and i + 1 >= max_batches:
             break
+    if device == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
+
+
+def tensor_path_rate(data_dir: Path, batch_size: int, device: str) -> float:
+    """data.loader=tensor; on a GPU with the whole dataset on it (data.on_device=true)."""
+    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0)
+    dm.setup()
+    ds = dm.data_train
+    ds.images, ds.labels = ds.images.to(device), ds.labels.to(device)
+    return epoch_rate(dm, device)
+
+
+def imagefolder_rate(data_dir: Path, batch_size: int, workers: int, max_batches: int | None, device: str) -> float:
+    """data.loader=imagefolder: torchvision's ImageFolder + DataLoader(num_workers), a PNG per image."""
+    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0, loader="imagefolder", num_workers=workers)
+    dm.setup()
+    return epoch_rate(dm, device, max_batches)
 
 
 def compose_cfg(*overrides: str):
@@ -98,8 +108,8 @@ def compose_cfg(*overrides: str):
     return cfg
 
 
-def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warmup: int = 3) -> dict:
-    import lightning as L
+def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: int = 3) -> float:
+    """Images/s of the model's own compute on real batches, in a plain PyTorch loop."""
     from hydra.utils import instantiate
 
     from mnist99.models.classifier import ScratchLinear
@@ -127,27 +137,58 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, warm
         opt.step()
     if device == "cuda":
         torch.cuda.synchronize()
-    bare = steps * batch_size / (time.perf_counter() - t)
+    return steps * batch_size / (time.perf_counter() - t)
 
-    # the same inside Lightning (metrics, logging, hooks), timed from the warm-up's end
+
+def lightning_rate(model: str, data_dir: Path, batch_size: int, steps: int, overrides: list[str], warmup: int = 3) -> dict:
+    """Images/s of the same steps inside Lightning (metrics, logging, hooks), with the run's own
+    trainer config plus `overrides`, timed from the warm-up's end; and the warm-up's seconds."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from mnist99.config import apply_gpus_shorthand
+    from mnist99.train import build_model
+
+    cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0",
+                      "callbacks=none", *overrides)
+    apply_gpus_shorthand(cfg)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    dm = instantiate(cfg.data, _convert_="all")
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                sync()
+                self.t0 = time.perf_counter()
             if batch_idx == warmup:
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                sync()
                 self.t = time.perf_counter()
 
         def on_train_end(self, trainer, pl_module):
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync()
             self.rate = steps * batch_size / (time.perf_counter() - self.t)
+            self.warmup_s = self.t - self.t0
 
     clock = Clock()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[clock], accelerator="auto", devices=1)
+    trainer = instantiate(cfg.trainer, max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          num_sanity_val_steps=0, callbacks=[clock], devices=1)
     trainer.fit(build_model(cfg), datamodule=dm)
-    return {"bare_img_s": bare, "lightning_img_s": clock.rate, "framework_overhead": 1 - clock.rate / bare}
+    return {"lightning_img_s": clock.rate, "first_steps_s": clock.warmup_s}
+
+
+def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, variants: list[str]) -> dict:
+    bare = bare_rate(model, data_dir, batch_size, steps)
+    plain = lightning_rate(model, data_dir, batch_size, steps, [])
+    out = {"bare_img_s": bare, **plain, "framework_overhead": 1 - plain["lightning_img_s"] / bare, "variants": {}}
+    for v in variants:
+        try:
+            out["variants"][v] = lightning_rate(model, data_dir, batch_size, steps, v.split())
+        except Exception as e:  # noqa: BLE001 - a switch this machine cannot run is a result too
+            out["variants"][v] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        print(f"    {model} {v}: {out['variants'][v]}", file=sys.stderr)
+    return out
 
 
 def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[str], thresholds=(0.99, 0.995)) -> dict:
@@ -186,8 +227,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per --tta recipe")
     p.add_argument("--skip-speed", action="store_true", help="only the --tta part")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra override for the --tta runs (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                   help="space-separated overrides measured beside each model's plain run (repeatable)")
+    p.add_argument("--gpu", action="store_true", help="on the GPU: its speed switches as variants, sized for ~5 minutes")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default outputs/benchmark/<time>.json)")
     args = p.parse_args()
+    if args.gpu:
+        if not torch.cuda.is_available():
+            p.error("--gpu: PyTorch sees no CUDA device here")
+        args.variant = args.variant or GPU_VARIANTS
+        if args.models == ",".join(MODELS):
+            args.models = "linear,cnn,resnet18"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     from mnist99.data.prepare import prepare_mnist_png
 
@@ -202,12 +253,13 @@ def main() -> None:
     result: dict = {"machine": machine(), "batch_size": args.batch_size}
     if not args.skip_speed:
         result["load"] = load_times(args.data_dir)
-        fast = tensor_path_rate(args.data_dir, args.batch_size)
-        classic = imagefolder_rate(args.data_dir, args.batch_size, args.workers, args.classic_batches or None)
-        result["data_path"] = {"mnist99_img_s": fast, "imagefolder_img_s": classic, "ratio": fast / classic, "workers": args.workers}
+        fast = tensor_path_rate(args.data_dir, args.batch_size, device)
+        classic = imagefolder_rate(args.data_dir, args.batch_size, args.workers, args.classic_batches or None, device)
+        result["data_path"] = {"mnist99_img_s": fast, "imagefolder_img_s": classic, "ratio": fast / classic,
+                               "workers": args.workers, "device": device}
         result["training"] = {}
         for model in [m for m in args.models.split(",") if m]:
-            result["training"][model] = training_rates(model, args.data_dir, args.batch_size, args.steps)
+            result["training"][model] = training_rates(model, args.data_dir, args.batch_size, args.steps, args.variant)
             print(f"  {model}: {result['training'][model]['lightning_img_s']:.0f} img/s", file=sys.stderr)
     result["time_to_accuracy"] = {e: time_to_accuracy(e, args.data_dir, args.seeds, args.set) for e in args.tta.split(",") if e}
 
@@ -234,13 +286,26 @@ def print_speed(result: dict) -> None:
     print("| data | figure |\n| --- | --- |")
     print(f"| cold decode of {load['images']:,} PNGs | {load['cold_decode_s']:.1f} s |")
     print(f"| warm load from the cache | {load['warm_load_s']:.2f} s |")
-    print(f"| mnist99 tensor path, one epoch of batches | {dp['mnist99_img_s']:,.0f} img/s |")
-    print(f"| ImageFolder + DataLoader({dp['workers']} workers) + ToTensor | {dp['imagefolder_img_s']:,.0f} img/s |")
+    where = " (on the GPU)" if dp.get("device") == "cuda" else ""
+    print(f"| data.loader=tensor, one epoch of batches{where} | {dp['mnist99_img_s']:,.0f} img/s |")
+    print(f"| data.loader=imagefolder: ImageFolder + DataLoader({dp['workers']} workers) | {dp['imagefolder_img_s']:,.0f} img/s |")
     print(f"| ratio | {dp['ratio']:.0f}x |\n")
     print("| model | bare PyTorch img/s | in Lightning img/s | framework overhead |\n| --- | --- | --- | --- |")
     for model, r in result["training"].items():
         print(f"| {model} | {r['bare_img_s']:,.0f} | {r['lightning_img_s']:,.0f} | {r['framework_overhead']:.0%} |")
     print()
+    variants = sorted({v for r in result["training"].values() for v in r.get("variants", {})})
+    if variants:
+        print("| model | switch | in Lightning img/s | vs plain | first 3 steps s |\n| --- | --- | --- | --- | --- |")
+        for model, r in result["training"].items():
+            print(f"| {model} | (plain) | {r['lightning_img_s']:,.0f} | 1.00x | {r['first_steps_s']:.1f} |")
+            for v in variants:
+                x = r["variants"].get(v, {})
+                if "error" in x:
+                    print(f"| {model} | `{v}` | failed: {x['error']} | | |")
+                elif x:
+                    print(f"| {model} | `{v}` | {x['lightning_img_s']:,.0f} | {x['lightning_img_s'] / r['lightning_img_s']:.2f}x | {x['first_steps_s']:.1f} |")
+        print()
 
 
 if __name__ == "__main__":

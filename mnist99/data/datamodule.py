@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mnist99.data.cache import load_split
+from mnist99.data.pngtree import list_split
 from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,29 @@ class TensorBatchDataset(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
     def __getitems__(self, indices: Sequence[int]):
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices).to(self.images.device, non_blocking=True)
         return self.images[idx], self.labels[idx]
 
 
 def _batch_as_is(batch):
     return batch
+
+
+def _grey_uint8(img) -> torch.Tensor:
+    """PIL image -> uint8 (H, W): the classic path yields exactly what the tensor path indexes."""
+    return torch.from_numpy(np.asarray(img.convert("L"), dtype=np.uint8).copy())
+
+
+def image_folder(root: Path):
+    """torchvision's ImageFolder on `root`, decoding one PNG per `__getitem__` (the classic path),
+    its samples put in the tensor path's order so that both make the same hold-out split."""
+    from torchvision.datasets import ImageFolder
+
+    listing = list_split(root)  # the same checks and order as the tensor path
+    ds = ImageFolder(str(root), transform=_grey_uint8)
+    ds.samples = ds.imgs = [(str(root / f), label) for f, label in zip(listing.files, listing.labels)]
+    ds.targets = list(listing.labels)
+    return ds, listing.classes
 
 
 def to_model_input(
@@ -62,6 +81,11 @@ class MNISTDataModule(L.LightningDataModule):
     train = training minus a seeded hold-out of `val_size` images, val = that hold-out (or
     testing when val_size is 0), test = testing. Batches travel as uint8 and become floats on the
     model's device (`on_after_batch_transfer`), where training batches are also augmented.
+
+    `loader="tensor"` (default): every split decoded once into a uint8 tensor (cached), batches
+    indexed whole; with `on_device=True` the tensors move to the accelerator once (~55 MB) and a
+    batch never crosses the bus. `loader="imagefolder"`: torchvision's ImageFolder + DataLoader
+    with `num_workers`, one PNG decoded per image per epoch, for comparison.
     """
 
     def __init__(
@@ -80,6 +104,8 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         image_size: int = 28,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        loader: str = "tensor",
+        on_device: bool = True,
     ):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -88,6 +114,12 @@ class MNISTDataModule(L.LightningDataModule):
         self.channels, self.normalize, self.mean, self.std = channels, normalize, mean, std
         self.num_workers, self.image_size = num_workers, image_size
         self.augment = augment or None  # an empty config ({}) means none
+        if loader not in ("tensor", "imagefolder"):
+            raise ConfigError(
+                f"data.loader={loader!r} is not a loader: use data.loader=tensor (decoded once, the fast "
+                "path) or data.loader=imagefolder (torchvision's classic per-image path)."
+            )
+        self.loader, self.on_device = loader, on_device
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
 
@@ -101,42 +133,77 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
+        if self.loader == "imagefolder":
+            return self._setup_image_folder()
         train_x, train_y, classes = load_split(self.data_dir / "training", self.image_size)
         test_x, test_y, test_classes = load_split(self.data_dir / "testing", self.image_size)
-        if classes != test_classes:
-            raise DataError(
-                f"The class folders differ between {self.data_dir / 'training'} {list(classes)} and "
-                f"{self.data_dir / 'testing'} {list(test_classes)}; both splits need the same classes."
-            )
-        if not 0 <= self.val_size < len(train_y):
-            raise ConfigError(
-                f"data.val_size={self.val_size} is impossible: {self.data_dir / 'training'} holds "
-                f"{len(train_y)} images, and val_size must be at least 0 and less than that "
-                "(0 validates on testing/)."
-            )
+        self._check(classes, test_classes, len(train_y))
         self.classes = classes
         self.data_test = TensorBatchDataset(test_x, test_y)
         if self.val_size == 0:
             self.data_train, self.data_val = TensorBatchDataset(train_x, train_y), self.data_test
         else:
-            perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.split_seed))
-            val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+            val_idx, train_idx = self._hold_out(len(train_y))
             self.data_train = TensorBatchDataset(train_x[train_idx], train_y[train_idx])
             self.data_val = TensorBatchDataset(train_x[val_idx], train_y[val_idx])
+        self._log_sizes()
+
+    def _setup_image_folder(self) -> None:
+        train, classes = image_folder(self.data_dir / "training")
+        self.data_test, test_classes = image_folder(self.data_dir / "testing")
+        self._check(classes, test_classes, len(train))
+        self.classes = classes
+        if self.val_size == 0:
+            self.data_train, self.data_val = train, self.data_test
+        else:
+            val_idx, train_idx = self._hold_out(len(train))
+            self.data_train, self.data_val = Subset(train, train_idx.tolist()), Subset(train, val_idx.tolist())
+        self._log_sizes()
+
+    def _hold_out(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(val indices, train indices): a seeded random `val_size` of n, each sorted."""
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        return perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+
+    def _check(self, classes, test_classes, n_train: int) -> None:
+        if classes != test_classes:
+            raise DataError(
+                f"The class folders differ between {self.data_dir / 'training'} {list(classes)} and "
+                f"{self.data_dir / 'testing'} {list(test_classes)}; both splits need the same classes."
+            )
+        if not 0 <= self.val_size < n_train:
+            raise ConfigError(
+                f"data.val_size={self.val_size} is impossible: {self.data_dir / 'training'} holds "
+                f"{n_train} images, and val_size must be at least 0 and less than that "
+                "(0 validates on testing/)."
+            )
+
+    def _log_sizes(self) -> None:
         log.info(
             "Data: %d train, %d val, %d test images, %d classes from %s",
-            len(self.data_train), len(self.data_val), len(self.data_test), len(classes), self.data_dir,
+            len(self.data_train), len(self.data_val), len(self.data_test), len(self.classes), self.data_dir,
         )
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        tensors = isinstance(dataset, TensorBatchDataset)
+        if tensors:
+            self._to_accelerator(dataset)
+        # worker processes cannot index tensors that live on a GPU (and have nothing to do there)
+        workers = 0 if tensors and dataset.images.device.type != "cpu" else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=_batch_as_is,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            collate_fn=_batch_as_is if tensors else None,
+            persistent_workers=workers > 0,
         )
+
+    def _to_accelerator(self, dataset: TensorBatchDataset) -> None:
+        """With on_device, move a split's tensors to the trainer's device once (each DDP rank to its own)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if self.on_device and device is not None and device.type != "cpu" and dataset.images.device != device:
+            dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, shuffle=True)

@@ -1,0 +1,123 @@
+"""Ensembles and test-time augmentation: average the softmax of several trained models, each over
+copies of the test images shifted by whole pixels."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from mnist99.errors import ConfigError
+
+log = logging.getLogger("mnist99")
+
+
+class ShiftTTA(L.LightningModule):
+    """Predicts with a trained classifier, its softmax averaged over the image shifted by each
+    (dy, dx). MNIST digits sit in a 20x20 box with a 4-pixel empty border, so a roll by a pixel or
+    two only wraps background around."""
+
+    def __init__(self, model: L.LightningModule, shifts: Sequence[Sequence[int]]):
+        super().__init__()
+        self.model, self.shifts = model, [tuple(int(v) for v in s) for s in shifts]
+
+    def predict_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.stack([self.model(torch.roll(x, s, dims=(2, 3))).float().softmax(dim=1) for s in self.shifts], 1), y
+
+
+def test_probs(model: L.LightningModule, datamodule: L.LightningDataModule, shifts, trainer_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax (N, shifts, classes), labels (N,)) of `model` on the test split, on the run's device."""
+    trainer = L.Trainer(
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        devices=1,  # every rank would predict the whole test set: one device is enough
+        precision=trainer_cfg.get("precision", "32-true"),
+        limit_predict_batches=trainer_cfg.get("limit_test_batches"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    datamodule.predict_dataloader = datamodule.test_dataloader
+    out = trainer.predict(ShiftTTA(model, shifts).eval(), datamodule=datamodule)
+    return torch.cat([p.cpu() for p, _ in out]), torch.cat([y.cpu() for _, y in out])
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(multiclass_accuracy(probs, labels, num_classes=probs.shape[-1], average="micro"))
+
+
+def check(cfg: DictConfig) -> tuple[int, list]:
+    """(members, shifts) of cfg.ensemble, refusing values that cannot work."""
+    members = cfg.ensemble.get("members", 1)
+    shifts = [list(s) for s in (cfg.ensemble.get("tta_shifts") or [[0, 0]])]
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ConfigError(f"ensemble.members={members!r} is impossible: it must be an integer of at least 1.")
+    if members > 1 and "ddp" in str(cfg.trainer.get("strategy")):
+        raise ConfigError(
+            "An ensemble trains its members one after another in one process, which trainer=ddp cannot "
+            "do; use one device (trainer=default or trainer=gpu) with ensemble.members > 1."
+        )
+    for s in shifts:
+        if len(s) != 2 or not all(isinstance(v, int) and abs(v) <= 4 for v in s):
+            raise ConfigError(
+                f"ensemble.tta_shifts holds {list(s)!r}: each entry must be a [dy, dx] pair of whole pixels "
+                "between -4 and 4, e.g. [[0, 0], [1, 0], [0, 1]]."
+            )
+    return members, shifts
+
+
+def train_ensemble(cfg: DictConfig) -> dict:
+    """Train `ensemble.members` models (seeds seed, seed+1, ...) into member<i>/ folders, then test
+    their averaged predictions; returns the ensemble's metrics plus each member's test/acc."""
+    from mnist99.train import fit_and_test
+
+    members, shifts = check(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    probs, labels, accs, tta_accs, best, fit_seconds = None, None, [], [], [], 0.0
+    for i in range(members):
+        member = copy.deepcopy(cfg)
+        member.seed = cfg.seed + i
+        member.paths.output_dir = str(run_dir / f"member{i}")
+        member.ensemble.members = 1
+        log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
+        metrics, model, datamodule = fit_and_test(member)
+        if "test/acc" not in metrics:  # interrupted: report what is finished
+            break
+        accs.append(metrics["test/acc"])
+        best.append(metrics.get("val/acc_best", math.nan))
+        fit_seconds += metrics["fit_seconds"]
+        p, labels = test_probs(model, datamodule, shifts, dict(cfg.trainer))
+        tta_accs.append(accuracy(p.mean(1), labels))
+        probs = p if probs is None else probs + p
+    out = {"fit_seconds": fit_seconds, "epochs": cfg.trainer.max_epochs, "ensemble/members": float(len(accs))}
+    for i, (a, t) in enumerate(zip(accs, tta_accs)):
+        out[f"test/acc_member{i}"] = a
+        out[f"test/acc_member{i}_tta"] = t
+    if accs:
+        out["test/acc_members_mean"] = statistics.fmean(accs)
+        out["test/acc_members_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        out["val/acc_best"] = statistics.fmean(best)
+        if [0, 0] in shifts:  # the plain average, without the shifted copies
+            out["test/acc_ensemble_no_tta"] = accuracy(probs[:, shifts.index([0, 0])], labels)
+        out["test/acc"] = accuracy(probs.mean(1), labels)
+        out["tested_weights"] = f"average of {len(accs)} models' final weights, {len(shifts)} test-time shifts"
+    log_scalars(run_dir, {k: v for k, v in out.items() if k.startswith(("test/", "val/"))})
+    return out
+
+
+def log_scalars(run_dir: Path, scalars: dict[str, float]) -> None:
+    """The ensemble's figures as TensorBoard scalars of the run folder itself (members have their own)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as w:
+        for k, v in scalars.items():
+            w.add_scalar(k, v, 0)
