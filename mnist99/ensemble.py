@@ -75,6 +75,24 @@ def check(cfg: DictConfig) -> tuple[int, list]:
     return members, shifts
 
 
+def combine(probs: list[torch.Tensor], labels: torch.Tensor, shifts: list) -> dict[str, float]:
+    """Accuracies of each model (plain and with its test-time shifts) and of their average;
+    `probs` holds each model's (N, shifts, classes) softmax. test/acc is the full ensemble's."""
+    plain = shifts.index([0, 0]) if [0, 0] in shifts else None
+    out = {"ensemble/members": float(len(probs))}
+    for i, p in enumerate(probs):
+        if plain is not None:
+            out[f"test/acc_member{i}"] = accuracy(p[:, plain], labels)
+        out[f"test/acc_member{i}_tta"] = accuracy(p.mean(1), labels)
+    if plain is not None:
+        accs = [out[f"test/acc_member{i}"] for i in range(len(probs))]
+        out["test/acc_members_mean"] = statistics.fmean(accs)
+        out["test/acc_members_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        out["test/acc_ensemble_no_tta"] = accuracy(sum(p[:, plain] for p in probs), labels)
+    out["test/acc"] = accuracy(sum(p.mean(1) for p in probs), labels)
+    return out
+
+
 def train_ensemble(cfg: DictConfig) -> dict:
     """Train `ensemble.members` models (seeds seed, seed+1, ...) into member<i>/ folders, then test
     their averaged predictions; returns the ensemble's metrics plus each member's test/acc."""
@@ -82,7 +100,7 @@ def train_ensemble(cfg: DictConfig) -> dict:
 
     members, shifts = check(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    probs, labels, accs, tta_accs, best, fit_seconds = None, None, [], [], [], 0.0
+    probs, labels, best, fit_seconds = [], None, [], 0.0
     for i in range(members):
         member = copy.deepcopy(cfg)
         member.seed = cfg.seed + i
@@ -92,24 +110,14 @@ def train_ensemble(cfg: DictConfig) -> dict:
         metrics, model, datamodule = fit_and_test(member)
         if "test/acc" not in metrics:  # interrupted: report what is finished
             break
-        accs.append(metrics["test/acc"])
         best.append(metrics.get("val/acc_best", math.nan))
         fit_seconds += metrics["fit_seconds"]
         p, labels = test_probs(model, datamodule, shifts, dict(cfg.trainer))
-        tta_accs.append(accuracy(p.mean(1), labels))
-        probs = p if probs is None else probs + p
-    out = {"fit_seconds": fit_seconds, "epochs": cfg.trainer.max_epochs, "ensemble/members": float(len(accs))}
-    for i, (a, t) in enumerate(zip(accs, tta_accs)):
-        out[f"test/acc_member{i}"] = a
-        out[f"test/acc_member{i}_tta"] = t
-    if accs:
-        out["test/acc_members_mean"] = statistics.fmean(accs)
-        out["test/acc_members_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        out["val/acc_best"] = statistics.fmean(best)
-        if [0, 0] in shifts:  # the plain average, without the shifted copies
-            out["test/acc_ensemble_no_tta"] = accuracy(probs[:, shifts.index([0, 0])], labels)
-        out["test/acc"] = accuracy(probs.mean(1), labels)
-        out["tested_weights"] = f"average of {len(accs)} models' final weights, {len(shifts)} test-time shifts"
+        probs.append(p)
+    out = {"fit_seconds": fit_seconds, "epochs": cfg.trainer.max_epochs, "val/acc_best": statistics.fmean(best) if best else math.nan}
+    if probs:
+        out.update(combine(probs, labels, shifts))
+        out["tested_weights"] = f"average of {len(probs)} models' final weights, {len(shifts)} test-time shifts"
     log_scalars(run_dir, {k: v for k, v in out.items() if k.startswith(("test/", "val/"))})
     return out
 

@@ -56,13 +56,18 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
     return instantiate(cfg.model, optimizer=optimizer, **extra)
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Train and (with cfg.test) test one model, or an ensemble (cfg.ensemble.members > 1); returns
-    the final metrics (floats), epochs and what was tested."""
+def prepare(cfg: DictConfig) -> None:
+    """Start-up checks and settings a run needs before any work (idempotent)."""
     validate(cfg)
     apply_gpus_shorthand(cfg)
     drop_sync_batchnorm_on_cpu(cfg)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Train and (with cfg.test) test one model, or an ensemble (cfg.ensemble.members > 1); returns
+    the final metrics (floats), epochs and what was tested."""
+    prepare(cfg)
     if cfg.get("ensemble") and cfg.ensemble.members != 1:
         from mnist99.ensemble import train_ensemble
 
@@ -72,6 +77,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
 
 def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> tuple[dict[str, Any], L.LightningModule, L.LightningDataModule]:
     """Fit one model and (with cfg.test) test it: (metrics, the trained model, its datamodule)."""
+    prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data, _convert_="all")

@@ -149,3 +149,27 @@ def test_ddp_shards_are_disjoint_and_complete():
         shards.append(set(torch.cat([y for _, y in loader]).tolist()))
     assert not shards[0] & shards[1]
     assert shards[0] | shards[1] == set(range(1000))
+
+
+def test_imagefolder_loader_yields_the_tensor_loaders_batches(tiny_tree):
+    """data.loader=imagefolder (torchvision, one PNG per image) makes the same split and the same
+    uint8 batches as the default tensor path, so the benchmark compares like with like."""
+    fast, classic = dm_for(tiny_tree), dm_for(tiny_tree, loader="imagefolder")
+    assert classic.classes == fast.classes
+    for split in ("val_dataloader", "test_dataloader"):
+        xs, ys = zip(*getattr(classic, split)())
+        x, y = torch.cat(xs), torch.cat(ys)
+        ds = getattr(fast, split)().dataset
+        assert x.dtype == torch.uint8 and torch.equal(x, ds.images) and torch.equal(y, ds.labels)
+    assert len(classic.data_train) == len(fast.data_train)
+
+
+def test_unknown_loader_is_refused(tiny_tree):
+    with pytest.raises(ConfigError, match="data.loader='folders'"):
+        MNISTDataModule(tiny_tree, loader="folders")
+
+
+def test_tensors_stay_in_cpu_memory_without_an_accelerator(tiny_tree):
+    dm = dm_for(tiny_tree)
+    dm.train_dataloader()  # no trainer attached: nothing to move to
+    assert dm.data_train.images.device.type == "cpu"

@@ -9,10 +9,11 @@ import torch
 
 from mnist99.errors import ConfigError
 from mnist99.models.classifier import ScratchLinear
-from mnist99.models.nets import FastCNN, count_macs
+from mnist99.models.classifier import Classifier
+from mnist99.models.nets import FastCNN, StackCNN, count_macs
 from mnist99.train import train
 
-MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152"]
+MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -81,3 +82,21 @@ def test_time_to_accuracy_records_the_first_crossing():
         if acc == 0.95:
             first = clock.reached[0.9]
     assert clock.reached[0.9] == first and clock.reached[0.99] >= first
+
+
+def test_stack_cnn_is_an_et_al_m3():
+    net = StackCNN()
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert 170e6 < count_macs(net) < 176e6
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 10
+    with pytest.raises(ValueError, match="do not fit"):
+        StackCNN(widths=tuple(range(8, 8 * 15, 8)))
+
+
+def test_compile_keeps_checkpoint_keys_plain():
+    """model.compile=true wraps the net with torch.compile without changing the saved weights' names."""
+    plain = Classifier(FastCNN())
+    compiled = Classifier(FastCNN(), compile=True)
+    assert compiled.compiled_net is not None and plain.compiled_net is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(compiled.state_dict())

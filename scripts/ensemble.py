@@ -1,0 +1,82 @@
+"""Test the averaged predictions of finished runs, with optional test-time shifts.
+
+    python scripts/ensemble.py outputs/runs/A outputs/runs/B outputs/runs/C
+    python scripts/ensemble.py outputs/multirun/<time>/* --tta 0,0 1,0 -1,0 0,1 0,-1 --json ensemble.json
+
+Each run folder's `config.yaml` rebuilds its model, whose weights come from `checkpoints/last.ckpt`
+(the final weights; with the EMA callback, the averaged ones). Prints each model's test accuracy,
+with and without the shifts, and the ensemble's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_run(run_dir: Path, checkpoint: str):
+    import torch
+    from omegaconf import OmegaConf
+
+    from mnist99.errors import DataError
+    from mnist99.train import build_model
+
+    cfg_file, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / checkpoint
+    for f in (cfg_file, ckpt):
+        if not f.is_file():
+            raise DataError(f"{f} is missing: pass folders of finished runs (each with config.yaml and checkpoints/{checkpoint}).")
+    cfg = OmegaConf.load(cfg_file)
+    model = build_model(cfg)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    return cfg, model.eval()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/runs/..., outputs/multirun/.../<n>_...)")
+    p.add_argument("--tta", nargs="+", default=["0,0"], metavar="DY,DX", help="whole-pixel shifts averaged at test time")
+    p.add_argument("--checkpoint", default="last.ckpt")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    from hydra.utils import instantiate
+
+    from mnist99.config import register_resolvers
+    from mnist99.ensemble import combine, test_probs
+    from mnist99.errors import Mnist99Error
+
+    register_resolvers()
+    shifts = [[int(v) for v in s.split(",")] for s in args.tta]
+    try:
+        runs = [load_run(r, args.checkpoint) for r in args.runs]
+        cfg = runs[0][0]
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.setup("test")
+        probs, labels = [], None
+        for run_cfg, model in runs:
+            trainer_cfg = {"precision": run_cfg.trainer.precision}
+            pr, labels = test_probs(model, dm, shifts, trainer_cfg)
+            probs.append(pr)
+    except Mnist99Error as e:
+        sys.exit(f"\nmnist99: error: {e}\n")
+    result = combine(probs, labels, shifts)
+    result["runs"] = [str(r) for r in args.runs]
+    print("| run | test/acc | with shifts |\n| --- | --- | --- |")
+    for i, r in enumerate(args.runs):
+        print(f"| {r} | {result.get(f'test/acc_member{i}', float('nan')):.4%} | {result[f'test/acc_member{i}_tta']:.4%} |")
+    if "test/acc_members_mean" in result:
+        print(f"| mean ± std | {result['test/acc_members_mean']:.4%} ± {result['test/acc_members_std']:.4%} | |")
+        print(f"| ensemble, no shifts | {result['test/acc_ensemble_no_tta']:.4%} | |")
+    print(f"| ensemble, {len(shifts)} shifts | | {result['test/acc']:.4%} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Ensembles, test-time shifts and the EMA callback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, run_cli
+from mnist99.callbacks import EMA
+from mnist99.ensemble import ShiftTTA, check, combine
+from mnist99.errors import ConfigError
+from mnist99.train import train
+
+
+def one_hot(labels, n=3):
+    return torch.nn.functional.one_hot(torch.tensor(labels), n).float()
+
+
+def test_combine_averages_models_and_shifts():
+    labels = torch.tensor([0, 1, 2, 0])
+    # model a is wrong on image 3 and b on image 2, each with low confidence: the average is right
+    a = torch.stack([one_hot([0, 1, 2, 0]) * 0.9 + 0.05, one_hot([0, 1, 2, 1]) * 0.4 + 0.2], 1)  # (N, shifts=2, C)
+    b = torch.stack([one_hot([0, 1, 1, 0]) * 0.4 + 0.2, one_hot([0, 1, 2, 0]) * 0.9 + 0.05], 1)
+    out = combine([a, b], labels, [[0, 0], [1, 0]])
+    assert out["test/acc_member0"] == pytest.approx(1.0) and out["test/acc_member1"] == pytest.approx(0.75)
+    assert out["test/acc_members_mean"] == pytest.approx(0.875)
+    assert out["test/acc_member0_tta"] == pytest.approx(1.0)
+    assert out["test/acc_ensemble_no_tta"] == pytest.approx(1.0) and out["test/acc"] == pytest.approx(1.0)
+
+
+def test_shift_tta_rolls_whole_pixels():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 10)
+
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 12] = 1
+    probs, _ = ShiftTTA(Probe(), [[0, 0], [1, 0], [0, -2]]).predict_step((x, torch.tensor([3])), 0)
+    assert probs.shape == (1, 3, 10)
+    assert [tuple(s[0, 0].nonzero()[0].tolist()) for s in seen] == [(10, 12), (11, 12), (10, 10)]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("ensemble.members=0", "ensemble.members=0"),
+    ("ensemble.tta_shifts=[[1]]", r"\[dy, dx\] pair"),
+    ("ensemble.tta_shifts=[[9,0]]", "between -4 and 4"),
+])
+def test_impossible_ensembles_are_refused(make_cfg, override, match):
+    with pytest.raises(ConfigError, match=match):
+        check(make_cfg("ensemble.members=2", override))
+
+
+def test_ensemble_trains_members_and_tests_their_average(make_cfg, tmp_path):
+    cfg = make_cfg("model=cnn", "ensemble.members=2", "ensemble.tta_shifts=[[0,0],[1,0]]", "trainer.max_epochs=2",
+                   "data.batch_size=32", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
+    out = train(cfg)
+    assert out["ensemble/members"] == 2
+    for i in range(2):
+        assert (tmp_path / f"member{i}" / "checkpoints" / "last.ckpt").is_file()
+        assert 0.5 < out[f"test/acc_member{i}"] <= 1
+    assert out["test/acc"] >= min(out["test/acc_member0_tta"], out["test/acc_member1_tta"]) - 0.05
+    assert yaml.safe_load((tmp_path / "member1" / "hparams.yaml").read_text())["seed"] == cfg.seed + 1
+
+
+def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
+    logs = tmp_path / "logs"
+    for seed in (0, 1):
+        proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "data.batch_size=32",
+                       f"seed={seed}", f"paths.log_dir={logs}", "hydra.run.dir=" + str(logs / f"run{seed}"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "ens.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ensemble.py"), str(logs / "run0"), str(logs / "run1"),
+                           "--tta", "0,0", "0,1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    # the script's plain accuracy of each run is the run's own test/acc of its final weights
+    for i in (0, 1):
+        record = yaml.safe_load((logs / f"run{i}" / "run.yaml").read_text())
+        assert record["tested_weights"].endswith(".ckpt")
+    assert 0.5 < result["test/acc"] <= 1 and "| ensemble, 2 shifts |" in proc.stdout
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "ensemble.py"), str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "config.yaml is missing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("val_size", [0, 60])
+def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
+    """With the EMA callback the model is tested with the averaged weights, whether they are the
+    final ones (val_size=0) or come from the best checkpoint, not with the raw training weights."""
+    from mnist99.train import fit_and_test
+
+    base = ("model=cnn", "trainer.max_epochs=3", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
+            "trainer.enable_progress_bar=false", "callbacks=none")
+    plain = fit_and_test(make_cfg(*base, val_size=val_size))[1]
+    ema = EMA(decay=0.9, start_step=5)
+    metrics, model, _ = fit_and_test(make_cfg(*base, val_size=val_size), extra_callbacks=[ema])
+    raw, averaged, tested = plain.net[0][0].weight, ema._average_model.module.net[0][0].weight, model.net[0][0].weight
+    assert not torch.allclose(raw, averaged)
+    if val_size == 0:
+        assert torch.equal(tested, averaged)
+    else:  # the checkpoint holds both; its state_dict is the average
+        ckpt = torch.load(metrics["tested_weights"], weights_only=True)
+        assert torch.equal(tested, ckpt["state_dict"]["net.0.0.weight"])
+        assert not torch.equal(tested, ckpt["current_model_state"]["net.0.0.weight"])
+    assert metrics["test/acc"] > 0.5
+
+
+def test_ema_schedule():
+    ema = EMA(decay=0.99, start_step=10, every_n_steps=2)
+    assert not ema.should_update(step_idx=8) and ema.should_update(step_idx=10) and not ema.should_update(step_idx=11)
+    assert not ema.should_update(epoch_idx=3)
+    with pytest.raises(ValueError):
+        EMA(decay=1.5)
