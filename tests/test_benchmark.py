@@ -13,7 +13,7 @@ def test_benchmark_runs_on_a_tiny_tree(tiny_tree, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(tiny_tree), "--models", "linear,cnn",
-         "--steps", "2", "--batch-size", "16", "--workers", "0", "--json", str(out)],
+         "--steps", "2", "--batch-size", "16", "--workers", "0", "--variant", "model.channels_last=true", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -22,6 +22,8 @@ def test_benchmark_runs_on_a_tiny_tree(tiny_tree, tmp_path):
     assert set(result["training"]) == {"linear", "cnn"}
     assert all(r["bare_img_s"] > 0 and r["lightning_img_s"] > 0 for r in result["training"].values())
     assert "| ratio |" in proc.stdout
+    assert all(r["variants"]["model.channels_last=true"]["lightning_img_s"] > 0 for r in result["training"].values())
+    assert "| cnn | `model.channels_last=true` |" in proc.stdout
 
 
 def test_time_to_accuracy_on_a_tiny_tree(tiny_tree, tmp_path):
