@@ -11,3 +11,7 @@ class ConfigError(Mnist99Error):
 
 class DataError(Mnist99Error):
     """Missing, malformed or unverifiable data (named file or folder, what to do)."""
+
+
+class DivergedError(Mnist99Error):
+    """The training loss stopped being a finite number (the step, the likely cause, what was kept)."""

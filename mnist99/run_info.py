@@ -37,13 +37,14 @@ def versions() -> dict[str, str]:
 class RunRecord:
     """`run.yaml` in the run folder, rewritten as the run moves from running to its end state."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str]):
+    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str], choices: dict[str, str] | None = None):
         self.path = Path(run_dir) / "run.yaml"
         self.start = time.time()
         self.data: dict[str, Any] = {
             "status": "running",
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "overrides": list(overrides),
+            "choices": dict(choices or {}),  # the config-group options: model, optimizer, experiment...
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "versions": versions(),
         }

@@ -30,8 +30,10 @@ from mnist99.config import (
     unknown_override_keys,
     validate,
 )
-from mnist99.errors import ConfigError, Mnist99Error
+from mnist99.callbacks import StopOnDivergence
+from mnist99.errors import ConfigError, DivergedError, Mnist99Error
 from mnist99.run_info import RunRecord
+from mnist99.sweep import LAST_SWEEP
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -47,7 +49,7 @@ def choices() -> dict[str, str]:
     """The config-group options this run was composed from (model=cnn, optimizer=adamw, ...)."""
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
@@ -91,6 +93,7 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     model = build_model(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks)
+    callbacks.append(StopOnDivergence(lr=OmegaConf.select(cfg, "optimizer.lr")))  # always on: a NaN run is never wanted
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -133,7 +136,8 @@ def run(cfg: DictConfig) -> float | None:
     """One job: train, record the outcome in run.yaml, print a summary line; returns the optimized metric."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    record = RunRecord(run_dir, cfg, list(hc.overrides.task)) if rank_zero_only.rank == 0 else None
+    record = RunRecord(run_dir, cfg, list(hc.overrides.task), choices()) if rank_zero_only.rank == 0 else None
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
     except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
@@ -141,11 +145,14 @@ def run(cfg: DictConfig) -> float | None:
         if message is None:
             if record:
                 record.finish("crashed", error=f"{type(e).__name__}: {e}")
-            raise
+            if not multirun:
+                raise
+            log.exception("The job crashed (a bug in mnist99 or a library, not in the config); the sweep goes on.")
+            return None
         if record:
-            record.finish("failed", error=message)
+            record.finish("diverged" if isinstance(e, DivergedError) else "failed", error=message)
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
+        if multirun:
             return None  # the sweep goes on with its next job
         sys.exit(2)
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
@@ -186,6 +193,8 @@ def main() -> None:
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
         sys.exit(2)
     hydra_main()
+    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
+        sys.exit(min(LAST_SWEEP.failed, 125))
 
 
 if __name__ == "__main__":

@@ -100,3 +100,27 @@ def test_compile_keeps_checkpoint_keys_plain():
     assert compiled.compiled_net is not None and plain.compiled_net is None
     assert list(compiled.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(compiled.state_dict())
+
+
+def test_compiled_net_is_used_for_any_network(monkeypatch):
+    """The compiled wrapper runs the forward pass, also for nets that are not nn.Sequential (torch's
+    wrapper raises on len() for those, so it must never be truth-tested)."""
+    calls = []
+
+    class FakeCompiled(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def __len__(self):
+            raise TypeError("ResNet does not support len()")
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.net(x)
+
+    monkeypatch.setattr(torch, "compile", FakeCompiled)
+    from mnist99.models.nets import resnet
+
+    model = Classifier(resnet("resnet18", in_channels=1), compile=True)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and calls == [2]

@@ -143,7 +143,8 @@ class Classifier(ClassifierBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return (self.compiled_net or self.net)(x)
+        # `is not None`, not `or`: truth-testing a compiled wrapper calls len() on the net
+        return (self.compiled_net if self.compiled_net is not None else self.net)(x)
 
     def training_step(self, batch, batch_idx):
         if self.is_logging_step():
@@ -226,6 +227,7 @@ class ScratchLinear(ClassifierBase):
         if self.is_logging_step():
             self.log("train/lr", self.lr)
         self.log_train(loss, logits, y)
+        return loss.detach()  # not used for the step; lets callbacks see the loss
 
     def configure_optimizers(self):
         return HandwrittenSGD([self.weights, self.bias], lr=self.lr)
