@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import numbers
+import os
 from pathlib import Path
 
 import torch
@@ -151,3 +152,28 @@ def drop_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
     if cfg.trainer.get("sync_batchnorm") and on_cpu:
         log.info("trainer.sync_batchnorm needs a GPU; running without it on the CPU")
         cfg.trainer.sync_batchnorm = False
+
+
+def share_machine(cfg: DictConfig) -> None:
+    """Under a parallel launcher, give this job its share of the CPU threads (N jobs each running
+    every core's worth of threads would slow each other down) and, with several GPUs, a GPU of
+    its own: hydra/launcher=joblib with n_jobs=N, or submitit with cpus_per_task."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    target = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
+    cores = os.cpu_count() or 1
+    if "JoblibLauncher" in target:
+        n = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+        n = cores if n < 0 else n
+        torch.set_num_threads(max(1, cores // n))
+        gpus = torch.cuda.device_count()
+        if gpus > 1 and str(cfg.trainer.get("accelerator")) in ("auto", "gpu", "cuda") and cfg.trainer.get("devices") in ("auto", 1):
+            with open_dict(cfg.trainer):
+                cfg.trainer.devices = [int(hc.job.num) % gpus]
+    elif "Submitit" in target:
+        cpus = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
+        if cpus:
+            torch.set_num_threads(int(cpus))

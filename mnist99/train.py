@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,6 +29,7 @@ from mnist99.config import (
     apply_gpus_shorthand,
     drop_sync_batchnorm_on_cpu,
     register_resolvers,
+    share_machine,
     unknown_override_keys,
     validate,
 )
@@ -63,6 +66,7 @@ def prepare(cfg: DictConfig) -> None:
     validate(cfg)
     apply_gpus_shorthand(cfg)
     drop_sync_batchnorm_on_cpu(cfg)
+    share_machine(cfg)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
 
@@ -132,12 +136,33 @@ def friendly(e: Exception) -> str | None:
     return None
 
 
+# Set by Lightning in the process that starts DDP's other processes, and never unset: the next
+# job of a sweep would take LOCAL_RANK as a sign that someone else starts them, and wait forever.
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def end_ddp(saved: dict[str, str | None]) -> None:
+    """After a DDP job of a sweep, leave the process as the next job expects it: no process group
+    (Lightning keeps its own, whose other processes have exited) and the environment as before."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def run(cfg: DictConfig) -> float | None:
     """One job: train, record the outcome in run.yaml, print a summary line; returns the optimized metric."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     record = RunRecord(run_dir, cfg, list(hc.overrides.task), choices()) if rank_zero_only.rank == 0 else None
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:  # for DDP's extra processes: see ddp_child_argv()
+        os.environ["MNIST99_JOB_DIR"] = str(run_dir)
+        os.environ["MNIST99_JOB_OVERRIDES"] = json.dumps(list(hc.overrides.task))
+    ddp_env = {k: os.environ.get(k) for k in DDP_ENV}
     try:
         metrics = train(cfg)
     except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
@@ -148,13 +173,16 @@ def run(cfg: DictConfig) -> float | None:
             if not multirun:
                 raise
             log.exception("The job crashed (a bug in mnist99 or a library, not in the config); the sweep goes on.")
-            return None
+            return cfg.get("failed_value")
         if record:
             record.finish("diverged" if isinstance(e, DivergedError) else "failed", error=message)
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
         if multirun:
-            return None  # the sweep goes on with its next job
+            return cfg.get("failed_value")  # the sweep goes on with its next job
         sys.exit(2)
+    finally:
+        if multirun and ddp_env["LOCAL_RANK"] is None:
+            end_ddp(ddp_env)
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
     if record:
         record.finish(
@@ -186,8 +214,22 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 
+def ddp_child_argv(argv: list[str]) -> list[str]:
+    """Lightning starts each extra DDP process with the parent's own command line. Inside a
+    multirun that is the whole sweep (`-m model=a,b ...`), which would run every job again into a
+    new sweep folder; the child gets this job's overrides and this job's folder instead."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 or "MNIST99_JOB_OVERRIDES" not in os.environ:
+        return argv
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    name = [a for a in argv if a.startswith("hydra.job.name=")]
+    job_dir = os.environ["MNIST99_JOB_DIR"].replace('"', '\\"')
+    return [argv[0], *json.loads(os.environ["MNIST99_JOB_OVERRIDES"]), f'hydra.run.dir="{job_dir}"', "hydra.output_subdir=null", *name[-1:]]
+
+
 def main() -> None:
     """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
+    sys.argv = ddp_child_argv(sys.argv)
     message = unknown_override_keys(sys.argv[1:])
     if message:
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
