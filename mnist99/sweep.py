@@ -112,13 +112,17 @@ def markdown(sweep_dir: Path, rows: list[dict]) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     metric = rows[0]["metric"] if rows else "val/acc_best"
     ref = next((r["reference_name"] or "reference" for r in rows if r["reference"] is not None), None)
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if len(rows) > 1 else set()
+    shared = " ".join(o for o in rows[0]["overrides"].split() if o in common) if rows else ""
     lines = [f"# Sweep {Path(sweep_dir).name}", "",
-             f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by {metric}, best first.", "",
+             f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by {metric}, best first."
+             + (f" Every job also had `{shared}`." if shared else ""), "",
              "| job | overrides | status | val/acc_best | test/acc |" + (f" {ref} |" if ref else "") + " epochs | wall s | note |",
              "| --- | --- | --- | --- | --- |" + (" --- |" if ref else "") + " --- | --- | --- |"]
     for r in ranked(rows):
         wall = f"{r['wall_s']:.1f}" if isinstance(r["wall_s"], (int, float)) else ""
-        lines.append(f"| {r['job'].split('_')[0]} | {r['overrides'] or '(defaults)'} | {r['status']} | {_pct(r['val/acc_best'])} "
+        own = " ".join(o for o in r["overrides"].split() if o not in common)
+        lines.append(f"| {r['job'].split('_')[0]} | {own or '(defaults)'} | {r['status']} | {_pct(r['val/acc_best'])} "
                      f"| {_pct(r['test/acc'])} |" + (f" {_pct(r['reference'])} |" if ref else "")
                      + f" {r['epochs'] if r['epochs'] is not None else ''} | {wall} | {r['error'].replace('|', '/')} |")
     groups = seed_groups(rows)
