@@ -95,8 +95,9 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
             f"{len(datamodule.classes)} classes {list(datamodule.classes)}; set model.num_classes to match."
         )
     model = build_model(cfg)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    # a callback set to null (`callbacks.model_checkpoint=null`) is switched off
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     callbacks.append(StopOnDivergence(lr=OmegaConf.select(cfg, "optimizer.lr")))  # always on: a NaN run is never wanted
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
