@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+# The command line as the user typed it (set by train.main before rewriting it for a resume).
+COMMAND: str | None = None
+
 PACKAGES = ("mnist99", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf", "tensorboard", "numpy", "pillow")
 
 
@@ -40,14 +43,22 @@ class RunRecord:
     def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str], choices: dict[str, str] | None = None):
         self.path = Path(run_dir) / "run.yaml"
         self.start = time.time()
+        resumed = cfg.get("resume_ckpt") and self.path.is_file()
+        earlier = (yaml.safe_load(self.path.read_text()) or {}) if resumed else {}
         self.data: dict[str, Any] = {
             "status": "running",
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": COMMAND or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "overrides": list(overrides),
             "choices": dict(choices or {}),  # the config-group options: model, optimizer, experiment...
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "versions": versions(),
         }
+        if earlier:  # a resumed run keeps what it was started with, and says when it went on
+            self.data["overrides"] = earlier.get("overrides", self.data["overrides"])
+            self.data["choices"] = earlier.get("choices", self.data["choices"])
+            self.data["started"] = earlier.get("started", self.data["started"])
+            self.data["resumed"] = [*earlier.get("resumed", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    "from": str(cfg.resume_ckpt), "command": self.data["command"]}]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, self.path.parent / "config.yaml", resolve=True)
         self.write()

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import hydra
 import lightning as L
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -24,6 +25,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mnist99 import run_info
+from mnist99.callbacks import StopOnDivergence
 from mnist99.config import (
     CONFIG_DIR,
     apply_gpus_shorthand,
@@ -33,7 +36,6 @@ from mnist99.config import (
     unknown_override_keys,
     validate,
 )
-from mnist99.callbacks import StopOnDivergence
 from mnist99.errors import ConfigError, DivergedError, Mnist99Error
 from mnist99.run_info import RunRecord
 from mnist99.sweep import LAST_SWEEP
@@ -48,11 +50,16 @@ warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `No
 warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
 
 
-def choices() -> dict[str, str]:
-    """The config-group options this run was composed from (model=cnn, optimizer=adamw, ...)."""
+def choices(cfg: DictConfig | None = None) -> dict[str, str]:
+    """The config-group options this run was composed from (model=cnn, optimizer=adamw, ...); for
+    a resumed run (composed from its saved config, without groups) those its run.yaml recorded."""
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    found = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    if "model" not in found and cfg is not None and cfg.get("resume_ckpt"):
+        record = Path(cfg.paths.output_dir) / "run.yaml"
+        found = (yaml.safe_load(record.read_text()) or {}).get("choices", {}) if record.is_file() else {}
+    return found
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
@@ -102,10 +109,10 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    log_hparams(trainer, cfg, choices())
+    log_hparams(trainer, cfg, choices(cfg))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("resume_ckpt"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["fit_seconds"] = time.perf_counter() - start
     if trainer.interrupted:
@@ -158,7 +165,7 @@ def run(cfg: DictConfig) -> float | None:
     """One job: train, record the outcome in run.yaml, print a summary line; returns the optimized metric."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    record = RunRecord(run_dir, cfg, list(hc.overrides.task), choices()) if rank_zero_only.rank == 0 else None
+    record = RunRecord(run_dir, cfg, list(hc.overrides.task), choices(cfg)) if rank_zero_only.rank == 0 else None
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:  # for DDP's extra processes: see ddp_child_argv()
         os.environ["MNIST99_JOB_DIR"] = str(run_dir)
@@ -199,7 +206,7 @@ def run(cfg: DictConfig) -> float | None:
 
 @rank_zero_only
 def summary(cfg: DictConfig, metrics: dict, seconds: float, run_dir: Path) -> None:
-    model = choices().get("model", OmegaConf.select(cfg, "model._target_"))
+    model = choices(cfg).get("model", OmegaConf.select(cfg, "model._target_"))
     acc = metrics.get("test/acc")
     acc_txt = f"test/acc={acc:.4f}" if acc is not None else "test/acc=n/a"
     try:
@@ -228,9 +235,38 @@ def ddp_child_argv(argv: list[str]) -> list[str]:
     return [argv[0], *json.loads(os.environ["MNIST99_JOB_OVERRIDES"]), f'hydra.run.dir="{job_dir}"', "hydra.output_subdir=null", *name[-1:]]
 
 
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=<run dir or .ckpt>`: compose the run's own saved config (its .hydra/config.yaml,
+    so no override needs repeating), write into the same folder and continue from last.ckpt.
+    Other overrides on the line still apply (e.g. trainer.max_epochs=5 to train longer)."""
+    asked = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
+    if not asked:
+        return argv
+    target = Path(asked[-1]).expanduser().resolve()
+    ckpt = target if target.is_file() else target / "checkpoints" / "last.ckpt"
+    run_dir = ckpt.parent.parent
+    for needed in (run_dir / ".hydra" / "config.yaml", ckpt):
+        if not needed.is_file():
+            raise ConfigError(
+                f"resume={asked[-1]}: {needed} does not exist. Pass the folder of a run made by train.py "
+                "(outputs/runs/<time>_<model>), which holds .hydra/config.yaml and checkpoints/last.ckpt, "
+                "or one of its .ckpt files."
+            )
+    rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731
+    return [argv[0], "--config-path", str(run_dir / ".hydra"), "--config-name", "config",
+            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
+
+
 def main() -> None:
     """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
     sys.argv = ddp_child_argv(sys.argv)
+    run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
+    try:
+        sys.argv = resume_argv(sys.argv)
+    except ConfigError as e:
+        print(f"\nmnist99: error: {e}\n", file=sys.stderr)
+        sys.exit(2)
     message = unknown_override_keys(sys.argv[1:])
     if message:
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
