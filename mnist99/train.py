@@ -108,6 +108,16 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     callbacks.append(StopOnDivergence(lr=OmegaConf.select(cfg, "optimizer.lr")))  # always on: a NaN run is never wanted
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    suggested = None
+    if OmegaConf.select(cfg, "tune.lr_find"):
+        from mnist99.tune import find_lr
+
+        # a trainer of its own, without logs or checkpoints: the search is not part of the run's curves
+        finder = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        suggested = find_lr(cfg, finder, model, datamodule)
+        if suggested and cfg.tune.use_suggested_lr:
+            cfg.optimizer.lr = suggested
+            model = build_model(cfg)  # the optimizer partial holds the rate: build it again
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
 
@@ -115,6 +125,8 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("resume_ckpt"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["fit_seconds"] = time.perf_counter() - start
+    if suggested:
+        metrics["tune/suggested_lr"] = suggested
     if trainer.interrupted:
         return metrics, model, datamodule
     if cfg.get("test"):
