@@ -1,0 +1,153 @@
+"""`python eval.py ckpt_path=<run dir or .ckpt>` / `mnist99-eval`: test a finished run again and
+look at what it got wrong: accuracy, per-class accuracy, confusion matrix, top losses."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+from mnist99.config import register_resolvers
+from mnist99.errors import ConfigError, Mnist99Error
+
+USAGE = "python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]"
+
+
+def locate(target: str) -> tuple[Path, Path]:
+    """(run dir, checkpoint): a run folder means the weights its own test used (run.yaml)."""
+    path = Path(target).expanduser().resolve()
+    if path.is_file():
+        run_dir, ckpt = path.parent.parent, path
+    else:
+        run_dir = path
+        tested = (yaml.safe_load((path / "run.yaml").read_text()) or {}).get("tested_weights", "") if (path / "run.yaml").is_file() else ""
+        ckpt = Path(tested) if tested.endswith(".ckpt") else path / "checkpoints" / "last.ckpt"
+    for needed in (run_dir / "config.yaml", ckpt):
+        if not needed.is_file():
+            raise ConfigError(f"ckpt_path={target}: {needed} does not exist. Pass the folder of a run made by train.py "
+                              "(it holds config.yaml and checkpoints/), or one of its .ckpt files.")
+    return run_dir, ckpt
+
+
+def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
+    from mnist99.train import build_model
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    model = build_model(cfg)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and why
+        raise ConfigError(f"Cannot load the weights in {ckpt}: {type(e).__name__}: {str(e)[:300]}. "
+                          "Is it a checkpoint of this run's model, written completely?") from None
+    return cfg, model.eval()
+
+
+class Collect(L.LightningModule):
+    def __init__(self, model: L.LightningModule):
+        super().__init__()
+        self.model = model
+
+    def predict_step(self, batch, batch_idx):
+        x, y = batch
+        return self.model(x).float(), y, x[:, 0]
+
+
+def evaluate(run_dir: Path, ckpt: Path, top_losses: int = 9) -> dict:
+    cfg, model = load(run_dir, ckpt)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("test")
+    dm.predict_dataloader = dm.test_dataloader
+    trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, precision=cfg.trainer.get("precision", "32-true"),
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    out = trainer.predict(Collect(model), datamodule=dm)
+    logits, labels, images = (torch.cat([o[i].cpu() for o in out]) for i in range(3))
+    n = logits.shape[1]
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    probs = logits.softmax(1)
+    confusion = multiclass_confusion_matrix(logits, labels, num_classes=n)
+    result = {
+        "checkpoint": str(ckpt),
+        "test/acc": float(multiclass_accuracy(logits, labels, num_classes=n, average="micro")),
+        "test/loss": float(losses.mean()),
+        "per_class_acc": {c: float(a) for c, a in zip(dm.classes, multiclass_accuracy(logits, labels, num_classes=n, average=None))},
+        "confusion_matrix": confusion.tolist(),
+    }
+    top = losses.argsort(descending=True)[:top_losses]
+    result["top_losses"] = [{"index": int(i), "predicted": dm.classes[int(probs[i].argmax())], "actual": dm.classes[int(labels[i])],
+                             "loss": float(losses[i]), "probability": float(probs[i].max())} for i in top]
+    plot_confusion(run_dir / "confusion_matrix.png", confusion, dm.classes)
+    plot_top_losses(run_dir / "top_losses.png", images[top], result["top_losses"])
+    (run_dir / "eval.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
+    return result
+
+
+def plot_confusion(path: Path, confusion: torch.Tensor, classes) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5.4), dpi=100)
+    ax.imshow(confusion.float().log1p(), cmap="Blues")
+    for (i, j), v in zip(((i, j) for i in range(len(classes)) for j in range(len(classes))), confusion.flatten().tolist()):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_top_losses(path: Path, images: torch.Tensor, rows: list[dict]) -> None:
+    """fastai's plot_top_losses: each image titled predicted / actual / loss / probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 3
+    lines = max(1, -(-len(rows) // cols))
+    fig, axes = plt.subplots(lines, cols, figsize=(cols * 2.4, lines * 2.6), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, r in zip(axes.flat, images, rows):
+        ax.imshow(img.float(), cmap="gray")
+        ax.set_title(f"{r['predicted']} / {r['actual']} / {r['loss']:.2f} / {r['probability']:.2f}", fontsize=8)
+    fig.suptitle("predicted / actual / loss / probability", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    unknown = set(args) - {"ckpt_path", "top_losses"} or (set(a for a in sys.argv[1:] if "=" not in a) - {"--help", "-h"})
+    if "ckpt_path" not in args or unknown or "--help" in sys.argv or "-h" in sys.argv:
+        print(f"usage: {USAGE}" + (f"\nmnist99: error: unknown argument(s) {sorted(unknown)}" if unknown else ""), file=sys.stderr)
+        sys.exit(0 if ("--help" in sys.argv or "-h" in sys.argv) else 2)
+    register_resolvers()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their start-up notices are noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        top = int(args.get("top_losses", 9))
+        result = evaluate(*locate(args["ckpt_path"]), top_losses=top)
+    except ValueError:
+        sys.exit(f"\nmnist99: error: top_losses={args['top_losses']!r} must be a whole number.\n")
+    except Mnist99Error as e:
+        sys.exit(f"\nmnist99: error: {e}\n")
+    run_dir = locate(args["ckpt_path"])[0]
+    print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")
+    print("per class: " + "  ".join(f"{c}: {a:.2%}" for c, a in result["per_class_acc"].items()))
+    print(f"wrote {run_dir / 'confusion_matrix.png'}, {run_dir / 'top_losses.png'}, {run_dir / 'eval.yaml'}")

@@ -1,0 +1,54 @@
+"""`python eval.py ckpt_path=<run dir>`: the run's own test accuracy again, and what it got wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_tree, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("evallogs")
+    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
+                   f"paths.log_dir={logs}", "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = (logs / "runs").iterdir()
+    return found
+
+
+def evaluate(*args):
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_eval_matches_the_runs_test_accuracy_and_writes_its_figures(run_dir):
+    proc = evaluate(f"ckpt_path={run_dir}", "top_losses=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]["test/acc"]
+    result = yaml.safe_load((run_dir / "eval.yaml").read_text())
+    assert result["test/acc"] == pytest.approx(trained, abs=0.001)
+    assert result["checkpoint"] == yaml.safe_load((run_dir / "run.yaml").read_text())["tested_weights"]
+    confusion = result["confusion_matrix"]
+    assert len(confusion) == 10 and sum(map(sum, confusion)) == 120  # every test image once
+    assert sum(confusion[i][i] for i in range(10)) / 120 == pytest.approx(result["test/acc"], abs=1e-6)
+    losses = [r["loss"] for r in result["top_losses"]]
+    assert len(losses) == 6 and losses == sorted(losses, reverse=True)
+    for name in ("confusion_matrix.png", "top_losses.png"):
+        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG"
+    assert f"test/acc={result['test/acc']:.4f}" in proc.stdout
+
+
+def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
+    proc = evaluate(f"ckpt_path={tmp_path}")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    broken = tmp_path / "checkpoints" / "broken.ckpt"
+    broken.parent.mkdir()
+    broken.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:1000])  # truncated
+    (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    proc = evaluate(f"ckpt_path={broken}")
+    assert proc.returncode != 0 and "Cannot load the weights" in proc.stderr and "Traceback" not in proc.stderr
+    assert evaluate().returncode == 2 and "usage:" in evaluate().stderr
