@@ -142,12 +142,12 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         top = int(args.get("top_losses", 9))
-        result = evaluate(*locate(args["ckpt_path"]), top_losses=top)
+        run_dir, ckpt = locate(args["ckpt_path"])
+        result = evaluate(run_dir, ckpt, top_losses=top)
     except ValueError:
         sys.exit(f"\nmnist99: error: top_losses={args['top_losses']!r} must be a whole number.\n")
     except Mnist99Error as e:
         sys.exit(f"\nmnist99: error: {e}\n")
-    run_dir = locate(args["ckpt_path"])[0]
     print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")
     print("per class: " + "  ".join(f"{c}: {a:.2%}" for c, a in result["per_class_acc"].items()))
     print(f"wrote {run_dir / 'confusion_matrix.png'}, {run_dir / 'top_losses.png'}, {run_dir / 'eval.yaml'}")

@@ -20,21 +20,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def load_run(run_dir: Path, checkpoint: str):
-    import torch
-    from omegaconf import OmegaConf
-
     from mnist99.errors import DataError
-    from mnist99.train import build_model
+    from mnist99.evaluate import load
 
-    cfg_file, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / checkpoint
-    for f in (cfg_file, ckpt):
+    ckpt = run_dir / "checkpoints" / checkpoint
+    for f in (run_dir / "config.yaml", ckpt):
         if not f.is_file():
             raise DataError(f"{f} is missing: pass folders of finished runs (each with config.yaml and checkpoints/{checkpoint}).")
-    cfg = OmegaConf.load(cfg_file)
-    model = build_model(cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
-    return cfg, model.eval()
+    return load(run_dir, ckpt)
 
 
 def main() -> None:
