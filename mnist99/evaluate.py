@@ -9,12 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
+from mnist99.callbacks import ErrorAnalysis
 from mnist99.config import register_resolvers
 from mnist99.errors import ConfigError, Mnist99Error
 
@@ -51,84 +50,18 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
     return cfg, model.eval()
 
 
-class Collect(L.LightningModule):
-    def __init__(self, model: L.LightningModule):
-        super().__init__()
-        self.model = model
-
-    def predict_step(self, batch, batch_idx):
-        x, y = batch
-        return self.model(x).float(), y, x[:, 0]
-
-
 def evaluate(run_dir: Path, ckpt: Path, top_losses: int = 9) -> dict:
+    """Test the checkpoint on the run's own test set; writes the figures and eval.yaml to run_dir."""
     cfg, model = load(run_dir, ckpt)
     dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("test")
-    dm.predict_dataloader = dm.test_dataloader
+    analysis = ErrorAnalysis(output_dir=str(run_dir), top_losses=top_losses)
     trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, precision=cfg.trainer.get("precision", "32-true"),
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    out = trainer.predict(Collect(model), datamodule=dm)
-    logits, labels, images = (torch.cat([o[i].cpu() for o in out]) for i in range(3))
-    n = logits.shape[1]
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    probs = logits.softmax(1)
-    confusion = multiclass_confusion_matrix(logits, labels, num_classes=n)
-    result = {
-        "checkpoint": str(ckpt),
-        "test/acc": float(multiclass_accuracy(logits, labels, num_classes=n, average="micro")),
-        "test/loss": float(losses.mean()),
-        "per_class_acc": {c: float(a) for c, a in zip(dm.classes, multiclass_accuracy(logits, labels, num_classes=n, average=None))},
-        "confusion_matrix": confusion.tolist(),
-    }
-    top = losses.argsort(descending=True)[:top_losses]
-    result["top_losses"] = [{"index": int(i), "predicted": dm.classes[int(probs[i].argmax())], "actual": dm.classes[int(labels[i])],
-                             "loss": float(losses[i]), "probability": float(probs[i].max())} for i in top]
-    plot_confusion(run_dir / "confusion_matrix.png", confusion, dm.classes)
-    plot_top_losses(run_dir / "top_losses.png", images[top], result["top_losses"])
+                        logger=False, callbacks=[analysis], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.test(model, datamodule=dm, verbose=False)
+    result = {"checkpoint": str(ckpt), **{k: float(trainer.callback_metrics[k]) for k in ("test/acc", "test/loss")}, **analysis.result}
     (run_dir / "eval.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
     return result
-
-
-def plot_confusion(path: Path, confusion: torch.Tensor, classes) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5.4), dpi=100)
-    ax.imshow(confusion.float().log1p(), cmap="Blues")
-    for (i, j), v in zip(((i, j) for i in range(len(classes)) for j in range(len(classes))), confusion.flatten().tolist()):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title("confusion matrix (test)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_top_losses(path: Path, images: torch.Tensor, rows: list[dict]) -> None:
-    """fastai's plot_top_losses: each image titled predicted / actual / loss / probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 3
-    lines = max(1, -(-len(rows) // cols))
-    fig, axes = plt.subplots(lines, cols, figsize=(cols * 2.4, lines * 2.6), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, r in zip(axes.flat, images, rows):
-        ax.imshow(img.float(), cmap="gray")
-        ax.set_title(f"{r['predicted']} / {r['actual']} / {r['loss']:.2f} / {r['probability']:.2f}", fontsize=8)
-    fig.suptitle("predicted / actual / loss / probability", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main() -> None:

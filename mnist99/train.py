@@ -6,7 +6,9 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -48,6 +50,7 @@ register_resolvers()
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
 warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
+warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")  # its size estimate; the counts are right
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:
@@ -88,6 +91,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     return fit_and_test(cfg, extra_callbacks)[0]
 
 
+# The launchers of this job's trainers: the ones that start DDP's extra processes hold them.
+LAUNCHERS: list = []
+
+
+def new_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    trainer: L.Trainer = instantiate(cfg.trainer, **kwargs)
+    LAUNCHERS.append(getattr(trainer.strategy, "launcher", None))
+    return trainer
+
+
 def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> tuple[dict[str, Any], L.LightningModule, L.LightningDataModule]:
     """Fit one model and (with cfg.test) test it: (metrics, the trained model, its datamodule)."""
     prepare(cfg)
@@ -113,12 +126,12 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
         from mnist99.tune import find_lr
 
         # a trainer of its own, without logs or checkpoints: the search is not part of the run's curves
-        finder = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        finder = new_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False)
         suggested = find_lr(cfg, finder, model, datamodule)
         if suggested and cfg.tune.use_suggested_lr:
             cfg.optimizer.lr = suggested
             model = build_model(cfg)  # the optimizer partial holds the rate: build it again
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer = new_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
 
     start = time.perf_counter()
@@ -162,8 +175,29 @@ DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"
 
 
 def end_ddp(saved: dict[str, str | None]) -> None:
-    """After a DDP job of a sweep, leave the process as the next job expects it: no process group
-    (Lightning keeps its own, whose other processes have exited) and the environment as before."""
+    """After a DDP job of a sweep, leave the process as the next job expects it: the job's other
+    processes exited, no process group (Lightning keeps its own) and the environment as before.
+
+    The order matters. The process group's store lives in this process: destroying it while
+    another rank is still shutting down can make that rank exit with an error, and Lightning's
+    child-process observer then kills this process, and with it the rest of the sweep.
+    """
+    children = [p for launcher in LAUNCHERS for p in getattr(launcher, "procs", None) or []]
+    LAUNCHERS.clear()
+    for proc in children:
+        try:
+            code = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if code:
+            log.warning("DDP process %d of this job exited with code %s after the job ended.", proc.pid, code)
+    # The job is over and its exit codes are read: Lightning's observer (which kills this process
+    # when a child's code is not 0) gets nothing left to watch, and ends at its next look.
+    for thread in threading.enumerate():
+        watched = getattr(thread, "_child_processes", None)
+        if type(thread).__name__ == "_ChildProcessObserver" and watched and set(map(id, watched)) <= set(map(id, children)):
+            thread._child_processes = []
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     for k, v in saved.items():

@@ -82,3 +82,12 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None
     """Run `python train.py ARGS` as a user would; returns the finished process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def real_subset(shared_mnist, tmp_path_factory):
+    """The first 4000 training and 4000 test images of MNIST, as an mnist_png tree."""
+    from mnist99.data.prepare import _prepare
+
+    root = tmp_path_factory.mktemp("real") / "mnist_png"
+    return _prepare(root, source=shared_mnist, mirrors=(), pypi=False, progress=False, limit=4000)

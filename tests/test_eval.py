@@ -26,6 +26,8 @@ def evaluate(*args):
 
 
 def test_eval_matches_the_runs_test_accuracy_and_writes_its_figures(run_dir):
+    for name in ("confusion_matrix.png", "top_losses.png"):  # the training run wrote them too
+        (run_dir / name).unlink()
     proc = evaluate(f"ckpt_path={run_dir}", "top_losses=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]["test/acc"]
@@ -52,3 +54,13 @@ def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
     proc = evaluate(f"ckpt_path={broken}")
     assert proc.returncode != 0 and "Cannot load the weights" in proc.stderr and "Traceback" not in proc.stderr
     assert evaluate().returncode == 2 and "usage:" in evaluate().stderr
+
+
+def test_training_logs_the_error_figures_to_tensorboard(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})  # reads every event file there
+    acc.Reload()
+    assert {"test/confusion_matrix", "test/top_losses"} <= set(acc.Tags()["images"])
+    (image,) = acc.Images("test/confusion_matrix")
+    assert image.encoded_image_string[:4] == b"\x89PNG" and image.width > 100

@@ -217,6 +217,18 @@ class MNISTDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def state_dict(self) -> dict:
+        # saved in every checkpoint: predict.py names its answers, and a resume checks the classes
+        return {"classes": list(self.classes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = tuple(state.get("classes", ()))
+        if saved and self.classes and saved != tuple(self.classes):
+            raise DataError(
+                f"The checkpoint was trained on the classes {list(saved)}, but {self.data_dir} holds "
+                f"{list(self.classes)}. Resume with the data the run was trained on (data.data_dir=...)."
+            )
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         training = self.augment is not None and self.trainer is not None and self.trainer.training

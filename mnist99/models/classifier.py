@@ -96,6 +96,7 @@ class ClassifierBase(L.LightningModule):
     def test_step(self, batch, batch_idx):
         loss, logits, y = self.step(batch)
         self.update_metrics("test", loss, logits, y)
+        return logits  # for callbacks that look at the errors (ErrorAnalysis)
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test", prog_bar=False)

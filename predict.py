@@ -1,0 +1,11 @@
+"""Classify your own digit images with a trained run: `python predict.py ckpt_path=<run dir> inputs=<files or folder>`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # works uninstalled and from any folder
+
+from mnist99.predict import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()

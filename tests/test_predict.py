@@ -1,0 +1,97 @@
+"""`python predict.py`: a trained run classifies digit pictures of any size, colour and polarity."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_cli
+from mnist99.data.digit_image import to_mnist
+
+
+@pytest.fixture(scope="module")
+def real_run(real_subset, tmp_path_factory):
+    """experiment=fast trained on the 4000-image real subset (~97% test accuracy)."""
+    logs = tmp_path_factory.mktemp("predictlogs")
+    proc = run_cli("experiment=fast", f"data.data_dir={real_subset}", "data.val_size=0", "trainer.max_epochs=3",
+                   "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none", f"paths.log_dir={logs}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (logs / "runs").iterdir()
+    return run_dir
+
+
+def known_digits(real_subset) -> list[tuple[int, np.ndarray]]:
+    """The first test image of each class: (label, white-on-black uint8 28x28)."""
+    return [(d, np.asarray(Image.open(min((real_subset / "testing" / str(d)).iterdir())))) for d in range(10)]
+
+
+def predict(*args):
+    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+def predicted(csv_path) -> dict[str, str]:
+    return {r["path"].rsplit("/", 1)[-1]: r["predicted"] for r in csv.DictReader(csv_path.open())}
+
+
+def test_predict_reads_any_size_colour_and_polarity(real_run, real_subset, tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for d, img in known_digits(real_subset):
+        Image.fromarray(img).save(pics / f"plain_{d}.png")
+        # a phone photo's shape: 3x larger, RGB, dark ink on a light page, saved as JPEG
+        big = Image.fromarray(255 - img).resize((84, 84), Image.BICUBIC).convert("RGB")
+        big.save(pics / f"photo_{d}.jpg", quality=95)
+        # a drawing app's canvas: black strokes on a transparent background
+        rgba = np.zeros((56, 56, 4), np.uint8)
+        rgba[..., 3] = np.asarray(Image.fromarray(img).resize((56, 56), Image.BICUBIC))
+        Image.fromarray(rgba, mode="RGBA").save(pics / f"canvas_{d}.png")
+    (pics / "notes.txt").write_text("not an image, and not looked at: only image suffixes are")
+    out = tmp_path / "out" / "predictions.csv"
+    proc = predict(f"ckpt_path={real_run}", f"inputs={pics}", f"csv={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = predicted(out)
+    assert len(got) == 30 and len(proc.stdout.strip().splitlines()) == 31  # 30 lines + "wrote ..."
+    for kind in ("plain", "photo", "canvas"):
+        right = sum(got[f"{kind}_{d}.{'jpg' if kind == 'photo' else 'png'}"] == str(d) for d in range(10))
+        assert right >= 9, (kind, got)
+    rows = list(csv.DictReader(out.open()))
+    assert sum(float(rows[0][f"p_{d}"]) for d in range(10)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_inverted_image_is_still_right(real_run, real_subset, tmp_path):
+    d, img = known_digits(real_subset)[7]
+    Image.fromarray(img).save(tmp_path / "white_on_black.png")
+    Image.fromarray(255 - img).save(tmp_path / "black_on_white.png")
+    proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path / 'white_on_black.png'},{tmp_path / 'black_on_white.png'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = [line.split()[1] for line in proc.stdout.strip().splitlines()]
+    assert labels == ["7", "7"]
+
+
+def test_to_mnist_frames_a_digit_as_mnist_does():
+    page = np.full((200, 120), 230, np.uint8)  # light paper
+    page[40:160, 50:70] = 20  # a dark vertical stroke: a "1", 120 px tall
+    out = to_mnist(Image.fromarray(page))
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    rows, cols = np.nonzero(out > 64)
+    assert rows.max() - rows.min() + 1 in (20, 21)  # the longer side scaled to 20 px
+    assert abs(np.average(np.arange(28), weights=out.sum(1)) - 13.5) < 1  # centred by mass
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # background black: the page was inverted
+
+
+def test_predict_reports_bad_inputs_clearly(real_run, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path}")
+    assert proc.returncode == 1 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert "good.png" in proc.stdout  # the readable ones still get their answer
+    proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path / 'missing'}")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = predict(f"ckpt_path={real_run}")
+    assert proc.returncode == 2 and "usage:" in proc.stderr
