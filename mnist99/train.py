@@ -318,6 +318,10 @@ def main() -> None:
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
         sys.exit(2)
     hydra_main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # A DDP process that exits with its process group alive can crash in gloo's threads on the
+        # way out, and Lightning's observer in the launching process then kills that process.
+        torch.distributed.destroy_process_group()
     if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
         sys.exit(min(LAST_SWEEP.failed, 125))
 

@@ -88,7 +88,6 @@ def test_a_diverged_trial_reports_the_worst_value(tiny_tree, tmp_path):
     assert results["best_params"]["optimizer.lr"] == 0.05 and results["best_value"] > 0
 
 
-@pytest.mark.slow  # known flaky: the second DDP job of a sweep hung once in 11 runs (see README)
 @pytest.mark.timeout(300)  # a DDP bug shows as a hang
 def test_ddp_jobs_inside_a_multirun_leave_no_stray_folders(tiny_tree, tmp_path):
     """Each DDP job's second process writes into its own job folder: two jobs, two folders, nothing else."""
