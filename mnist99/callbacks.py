@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
@@ -16,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mnist99.errors import DivergedError
+from mnist99.errors import DivergedError, Interrupted
 
 
 class TimeToAccuracy(L.Callback):
@@ -124,8 +128,8 @@ class StopOnDivergence(L.Callback):
     def message(self, trainer: L.Trainer, what: str) -> str:
         lr = f"optimizer.lr={self.lr:g}" if self.lr else "the learning rate"
         hint = f" (try optimizer.lr={self.lr / 10:g})" if self.lr else ""
-        cb = trainer.checkpoint_callback
-        kept = (getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")) if cb else ""
+        written = [c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path]
+        kept = next((p for p in written if p.endswith("last.ckpt")), written[0] if written else "")
         saved = (f"The last good checkpoint is kept: {kept}." if kept else
                  "No checkpoint had been written yet (checkpoints are written at the end of each epoch).")
         return (f"The training loss {what} at step {trainer.global_step} (epoch {trainer.current_epoch}), "
@@ -201,3 +205,89 @@ class ErrorAnalysis(L.Callback):
                 figures.save(fig, out / f"{name}.png")
             else:
                 figures.pyplot().close(fig)
+
+
+def rng_states() -> dict:
+    """Every random generator a training step may draw from, as plain tensors and ints (so that a
+    checkpoint still loads with torch.load(weights_only=True))."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM while training: the current step finishes, the whole state goes
+    to `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch, random
+    generators), and the run stops with a message that says how to resume it. A second Ctrl-C
+    stops at once, without saving.
+
+    With the random generators in every checkpoint (this callback's state) and the epoch's order
+    drawn from (seed, epoch) by the datamodule, a run resumed from a mid-epoch checkpoint takes the
+    same steps as one never stopped. Under DDP the ranks agree each step on whether to stop.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_train_start: after Lightning has put in its own SIGTERM handler, which this replaces
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        name = signal.Signals(self.signum or signal.SIGTERM).name
+        how = "Ctrl-C (SIGINT)" if name == "SIGINT" else name
+        raise Interrupted(
+            f"Stopped by {how} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx + 1} of "
+            f"{trainer.num_training_batches}). The run's whole state is saved in {path}. Continue it where it "
+            f"stopped with: python train.py resume={self.dirpath.parent}",
+            int(self.signum or signal.SIGTERM),
+        )
+
+    def restore_handlers(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.restore_handlers()
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "rng" in state_dict:
+            set_rng_states(state_dict["rng"])

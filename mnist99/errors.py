@@ -15,3 +15,11 @@ class DataError(Mnist99Error):
 
 class DivergedError(Mnist99Error):
     """The training loss stopped being a finite number (the step, the likely cause, what was kept)."""
+
+
+class Interrupted(Mnist99Error):
+    """Training stopped by a signal (Ctrl-C, SIGTERM) after saving its state (where, how to resume)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

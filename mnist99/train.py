@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import run_info
-from mnist99.callbacks import StopOnDivergence
+from mnist99.callbacks import GracefulStop, StopOnDivergence
 from mnist99.config import (
     CONFIG_DIR,
     apply_gpus_shorthand,
@@ -38,7 +38,7 @@ from mnist99.config import (
     unknown_override_keys,
     validate,
 )
-from mnist99.errors import ConfigError, DivergedError, Mnist99Error
+from mnist99.errors import ConfigError, DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord
 from mnist99.sweep import LAST_SWEEP
 from mnist99.tensorboard import log_hparams
@@ -51,6 +51,8 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`.*")
 warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
 warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")  # its size estimate; the counts are right
+# The datamodule resumes mid-epoch itself (same order, the trained batches skipped): see EpochShuffle.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:
@@ -119,6 +121,7 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     # a callback set to null (`callbacks.model_checkpoint=null`) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     callbacks.append(StopOnDivergence(lr=OmegaConf.select(cfg, "optimizer.lr")))  # always on: a NaN run is never wanted
+    callbacks.append(GracefulStop(dirpath=str(Path(cfg.paths.output_dir) / "checkpoints")))  # Ctrl-C keeps the work
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     suggested = None
@@ -228,6 +231,11 @@ def run(cfg: DictConfig) -> float | None:
                 raise
             log.exception("The job crashed (a bug in mnist99 or a library, not in the config); the sweep goes on.")
             return cfg.get("failed_value")
+        if isinstance(e, Interrupted):  # the user asked the whole command to stop, sweep included
+            if record:
+                record.finish("interrupted", error=message)
+            print(f"\nmnist99: {message}\n", file=sys.stderr)
+            sys.exit(128 + e.signum)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         if record:
             record.finish("diverged" if isinstance(e, DivergedError) else "failed", error=message)
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)

@@ -126,13 +126,33 @@ def _ids_dataset(n: int):
     return TensorBatchDataset(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))  # label = image id
 
 
+def one_epoch(loader, epoch: int) -> torch.Tensor:
+    loader.sampler.set_epoch(epoch)  # as Lightning does at the start of every epoch
+    return torch.cat([y for _, y in loader])
+
+
 def test_every_image_exactly_once_per_epoch():
     dm = MNISTDataModule("unused", batch_size=64)
     dm.data_train = _ids_dataset(1000)
-    epochs = [torch.cat([y for _, y in dm.train_dataloader()]) for _ in range(2)]
+    loader = dm.train_dataloader()
+    epochs = [one_epoch(loader, e) for e in range(2)]
     for seen in epochs:
         assert torch.equal(seen.sort().values, torch.arange(1000))
     assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
+
+
+def test_a_mid_epoch_resume_sees_the_rest_of_the_same_order():
+    """The order depends on (seed, epoch) only; a checkpoint taken after 3 batches of epoch 1
+    resumes with exactly the batches not yet trained on."""
+    torch.manual_seed(7)
+    dm = MNISTDataModule("unused", batch_size=64)
+    dm.data_train = _ids_dataset(1000)
+    whole = one_epoch(dm.train_dataloader(), 1)
+    torch.rand(100)  # whatever else draws from torch's generator meanwhile
+    dm.load_state_dict({"classes": [], "epoch": 1, "batches_done": 3})
+    resumed = dm.train_dataloader()
+    assert torch.equal(one_epoch(resumed, 1), whole[3 * 64 :])
+    assert torch.equal(one_epoch(resumed, 2).sort().values, torch.arange(1000))  # the next epoch is whole again
 
 
 def test_ddp_shards_are_disjoint_and_complete():

@@ -42,7 +42,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(make_cfg, tmp
 
 
 def feed(guard: StopOnDivergence, losses) -> None:
-    trainer = type("T", (), {"global_step": 0, "current_epoch": 0, "checkpoint_callback": None})()
+    trainer = type("T", (), {"global_step": 0, "current_epoch": 0, "checkpoint_callbacks": []})()
     module = type("M", (), {"num_classes": 10})()
     for i, v in enumerate(losses):
         trainer.global_step = i + 1

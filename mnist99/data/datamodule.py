@@ -36,6 +36,29 @@ class TensorBatchDataset(torch.utils.data.Dataset):
         return self.images[idx], self.labels[idx]
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, so that a run resumed in the
+    middle of an epoch sees the same order as one never stopped; `skip` drops the first indices
+    of one epoch, the ones a resumed run has already trained on. Lightning calls `set_epoch`."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.skip: tuple[int, int] | None = None  # (epoch, indices to drop)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63))
+        if self.skip and self.skip[0] == self.epoch:
+            perm = perm[self.skip[1] :]
+            self.skip = None
+        return iter(perm.tolist())
+
+
 def _batch_as_is(batch):
     return batch
 
@@ -122,6 +145,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.loader, self.on_device = loader, on_device
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
 
     def prepare_data(self) -> None:
         if (self.data_dir / "training").is_dir() and (self.data_dir / "testing").is_dir():
@@ -190,12 +214,24 @@ class MNISTDataModule(L.LightningDataModule):
             self._to_accelerator(dataset)
         # worker processes cannot index tensors that live on a GPU (and have nothing to do there)
         workers = 0 if tensors and dataset.images.device.type != "cpu" else self.num_workers
+        sampler = None
+        if shuffle and (self.trainer is None or self.trainer.world_size == 1):
+            # one process: an order a mid-epoch resume can reproduce. Under DDP, Lightning puts in
+            # its DistributedSampler (also seeded by epoch), and a resume restarts the epoch.
+            sampler, shuffle = EpochShuffle(len(dataset), torch.initial_seed()), False
+            if self.resume_at is not None:
+                epoch, batches = self.resume_at
+                sampler.skip, self.resume_at = (epoch, batches * self.batch_size), None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=_batch_as_is if tensors else None,
+            # its own generator for the per-iterator seed, which would otherwise be drawn from torch's
+            # global one: a resumed run then draws dropout and augmentation as an unstopped one does
+            generator=torch.Generator().manual_seed(0),
             persistent_workers=workers > 0,
         )
 
@@ -218,8 +254,13 @@ class MNISTDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        # saved in every checkpoint: predict.py names its answers, and a resume checks the classes
-        return {"classes": list(self.classes)}
+        """Saved in every checkpoint: the classes (predict.py names its answers by them, a resume
+        checks them) and how far into its epoch training was, for a checkpoint written mid-epoch."""
+        state: dict = {"classes": list(self.classes)}
+        if self.trainer is not None and self.trainer.training:
+            state["epoch"] = self.trainer.current_epoch
+            state["batches_done"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         saved = tuple(state.get("classes", ()))
@@ -228,6 +269,8 @@ class MNISTDataModule(L.LightningDataModule):
                 f"The checkpoint was trained on the classes {list(saved)}, but {self.data_dir} holds "
                 f"{list(self.classes)}. Resume with the data the run was trained on (data.data_dir=...)."
             )
+        if state.get("batches_done"):
+            self.resume_at = (state["epoch"], state["batches_done"])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

@@ -1,0 +1,94 @@
+"""Ctrl-C or SIGTERM while training: the state is saved, the message says how to resume, and the
+resumed run ends exactly where an unstopped one does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from omegaconf import open_dict
+
+from conftest import ROOT, run_cli
+from mnist99.errors import Interrupted
+from mnist99.train import fit_and_test
+
+
+class SignalAt(L.Callback):
+    """Sends a signal to this process at the end of one training step, as a user or a scheduler would."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def weights(ckpt):
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights_and_metrics(make_cfg, tmp_path, signum):
+    """3 epochs of 11 steps, stopped at step 16 (epoch 2 of 3), then resumed: the same final weights,
+    optimizer and metrics as a run never stopped, with augmentation drawing random shifts all along."""
+
+    def cfg_in(folder, *extra):
+        cfg = make_cfg("model=mlp", "augment=shift", "data.batch_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",
+                       "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", *extra)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / folder)
+        return cfg
+
+    whole, _, _ = fit_and_test(cfg_in("whole"))
+    with pytest.raises(Interrupted) as stopped:
+        fit_and_test(cfg_in("stopped"), extra_callbacks=[SignalAt(16, signum)])
+    saved = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert f"resume={tmp_path / 'stopped'}" in str(stopped.value) and "epoch 1, batch 5 of 11" in str(stopped.value)
+    assert stopped.value.signum == signum and torch.load(saved, weights_only=True)["global_step"] == 16
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is the user's again
+
+    cfg = cfg_in("stopped")
+    with open_dict(cfg):
+        cfg.resume_ckpt = str(saved)
+    resumed, _, _ = fit_and_test(cfg)
+    for key in ("test/acc", "test/loss", "val/acc", "val/acc_best", "epochs"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    a, b = (torch.load(tmp_path / f / "checkpoints" / "last.ckpt", weights_only=True) for f in ("whole", "stopped"))
+    assert a["global_step"] == b["global_step"] == 33
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    exp_avg = lambda ckpt: [s["exp_avg"] for s in ckpt["optimizer_states"][0]["state"].values()]  # noqa: E731
+    for x, y in zip(exp_avg(a), exp_avg(b)):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_resume_finishes(tiny_tree, tmp_path):
+    args = [sys.executable, str(ROOT / "train.py"), f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=8",
+            "model=mlp", "trainer.max_epochs=40", "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/checkpoints/epoch*.ckpt")):  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Stopped by Ctrl-C (SIGINT)" in err and "python train.py resume=" in err and "Traceback" not in err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["status"] == "interrupted"
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < stopped_at < 40 * 43
+
+    again = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["status"] == "completed" and record["epochs"] == 40
