@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import numbers
@@ -31,7 +32,20 @@ def folder_name(text: str, limit: int = 150) -> str:
     return text if len(text) <= limit else text[: limit - 9] + "~" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+@functools.lru_cache(maxsize=None)  # Hydra resolves the run dir more than once: the same answer each time
+def new_folder(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... if a run already wrote there (two runs started in the
+    same second): a new run never writes into a finished run's folder."""
+    candidate, n = Path(path), 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = Path(f"{path}-{n}")
+    return str(candidate)
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("mnist99.new_folder"):
+        OmegaConf.register_new_resolver("mnist99.new_folder", new_folder)
     if not OmegaConf.has_resolver("mnist99.root"):
         OmegaConf.register_new_resolver("mnist99.root", project_root)
     if not OmegaConf.has_resolver("mnist99.folder_name"):

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist99.callbacks import ErrorAnalysis
+from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import register_resolvers
 from mnist99.errors import ConfigError, Mnist99Error
 
@@ -41,12 +41,9 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model = build_model(cfg)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and why
-        raise ConfigError(f"Cannot load the weights in {ckpt}: {type(e).__name__}: {str(e)[:300]}. "
-                          "Is it a checkpoint of this run's model, written completely?") from None
+    state = read_checkpoint(ckpt)
+    check_fits(state, model, ckpt)
+    model.load_state_dict(state["state_dict"])
     return cfg, model.eval()
 
 

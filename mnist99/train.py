@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import run_info
 from mnist99.callbacks import GracefulStop, StopOnDivergence
+from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import (
     CONFIG_DIR,
     apply_gpus_shorthand,
@@ -138,7 +139,10 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     log_hparams(trainer, cfg, choices(cfg))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("resume_ckpt"))
+    resume = cfg.get("resume_ckpt")
+    if resume:  # a clear refusal now, instead of a deep error inside Lightning's restore
+        check_fits(read_checkpoint(resume), model, resume)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["fit_seconds"] = time.perf_counter() - start
     if suggested:
@@ -312,6 +316,20 @@ def resume_argv(argv: list[str]) -> list[str]:
             f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
 
 
+def occupied_run_dir(overrides: list[str]) -> str | None:
+    """A `hydra.run.dir=` that names a finished run's folder would have Hydra write over its saved
+    config before any check of ours: refuse it (resume= is the way back into a run's folder)."""
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or any(a.lstrip("+").startswith("resume_ckpt=") for a in overrides):
+        return None  # DDP's extra processes join their run's folder; resume continues in it
+    for a in overrides:
+        if a.startswith("hydra.run.dir="):
+            folder = Path(a.split("=", 1)[1].strip('"')).expanduser()
+            if (folder / "run.yaml").is_file():
+                return (f"hydra.run.dir={folder} holds a finished run (run.yaml), and a new run would write over it. "
+                        f"Pick a new folder, or continue that run with: python train.py resume={folder}")
+    return None
+
+
 def main() -> None:
     """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
     sys.argv = ddp_child_argv(sys.argv)
@@ -321,7 +339,7 @@ def main() -> None:
     except ConfigError as e:
         print(f"\nmnist99: error: {e}\n", file=sys.stderr)
         sys.exit(2)
-    message = unknown_override_keys(sys.argv[1:])
+    message = unknown_override_keys(sys.argv[1:]) or occupied_run_dir(sys.argv[1:])
     if message:
         print(f"\nmnist99: error: {message}\n", file=sys.stderr)
         sys.exit(2)

@@ -52,7 +52,7 @@ def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
     broken.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:1000])  # truncated
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     proc = evaluate(f"ckpt_path={broken}")
-    assert proc.returncode != 0 and "Cannot load the weights" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "Cannot read the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
     assert evaluate().returncode == 2 and "usage:" in evaluate().stderr
 
 
