@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from mnist99.errors import ConfigError
 
@@ -67,6 +68,14 @@ def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict:
 
 def validate(cfg: DictConfig) -> None:
     """Refuse values that cannot work, naming the key and what would."""
+    try:
+        _validate(cfg)
+    except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist
+        raise ConfigError(f"The composed config cannot be read: {str(e).splitlines()[0]}. Check the overrides "
+                          "(python train.py --cfg job <overrides> prints the composed config).") from None
+
+
+def _validate(cfg: DictConfig) -> None:
     _number(cfg, "optimizer.lr", integer=False, minimum=0, strict=True, hint="Try e.g. optimizer.lr=0.001.")
     _number(cfg, "optimizer.weight_decay", integer=False, minimum=0, hint="0 turns weight decay off.")
     _number(cfg, "data.batch_size", integer=True, minimum=1, hint="Try e.g. data.batch_size=128.")
@@ -78,10 +87,32 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "seed", integer=True, minimum=0, hint="Any non-negative integer.")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         _number(cfg, f"trainer.{key}", integer=False, minimum=0, hint="A fraction (0.1), a batch count (20), or 0 to skip.")
-    if OmegaConf.select(cfg, "data.std") is not None and cfg.data.std <= 0:
-        raise ConfigError(f"data.std={cfg.data.std!r} is impossible: it must be positive.")
-    if "_target_" not in cfg.model:
+    _number(cfg, "data.std", integer=False, minimum=0, strict=True, hint="MNIST's is 0.3081.")
+    if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """The start-up checks of `python train.py <overrides>`, in-process: misspelt keys, Hydra's
+    composition (unknown group options, syntax), impossible values. Every refusal is a ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    message = unknown_override_keys(overrides)
+    if message:
+        raise ConfigError(message)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as e:  # Hydra raises all of these for bad overrides
+        raise ConfigError(f"The overrides {overrides} cannot be composed: {str(e).strip()}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    apply_gpus_shorthand(cfg)
+    return cfg
 
 
 def apply_gpus_shorthand(cfg: DictConfig) -> None:
