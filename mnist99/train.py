@@ -137,6 +137,10 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
             model = build_model(cfg)  # the optimizer partial holds the rate: build it again
     trainer = new_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
+    skipped = len(getattr(datamodule, "skipped", ()))
+    if skipped:  # data.on_bad_image=skip: in the logs and run.yaml, not only on the console
+        for logger in trainer.loggers:
+            logger.log_metrics({"data/skipped_images": skipped}, step=0)
 
     start = time.perf_counter()
     resume = cfg.get("resume_ckpt")
@@ -145,6 +149,8 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["fit_seconds"] = time.perf_counter() - start
+    if skipped:
+        metrics["data/skipped_images"] = float(skipped)
     if suggested:
         metrics["tune/suggested_lr"] = suggested
     if trainer.interrupted:

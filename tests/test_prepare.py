@@ -616,3 +616,25 @@ def test_pypi_source_matches_published_md5s():
     assert len(files[prepare.TRAIN_IMAGES]) == 47_040_016
     if SHARED_MNIST.is_dir():
         assert files == prepare.read_idx_folder(SHARED_MNIST)
+
+
+def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, monkeypatch):
+    """ENOSPC part-way through the PNG tree: one clear DataError, and nothing half-written left behind."""
+    import errno
+
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "mnist_png"
+    real_save = prepare._save_png
+    calls = {"n": 0}
+
+    def disk_fills_up(image, path):
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(image, path)
+
+    monkeypatch.setattr(prepare, "_save_png", disk_fills_up)
+    with pytest.raises(DataError, match=r"No space left on device.*Check free disk space"):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []

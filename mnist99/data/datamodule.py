@@ -129,6 +129,7 @@ class MNISTDataModule(L.LightningDataModule):
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         loader: str = "tensor",
         on_device: bool = True,
+        on_bad_image: str = "error",
     ):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -142,7 +143,14 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.loader={loader!r} is not a loader: use data.loader=tensor (decoded once, the fast "
                 "path) or data.loader=imagefolder (torchvision's classic per-image path)."
             )
-        self.loader, self.on_device = loader, on_device
+        if on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r}: use error (stop at the first unusable image, "
+                              "naming it) or skip (leave unusable images out and report how many).")
+        if on_bad_image == "skip" and loader == "imagefolder":
+            raise ConfigError("data.on_bad_image=skip needs data.loader=tensor: the imagefolder loader reads each "
+                              "image while training and cannot leave one out beforehand.")
+        self.loader, self.on_device, self.on_bad_image = loader, on_device, on_bad_image
+        self.skipped: tuple[str, ...] = ()  # unusable images left out (on_bad_image=skip)
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
@@ -159,8 +167,9 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if self.loader == "imagefolder":
             return self._setup_image_folder()
-        train_x, train_y, classes = load_split(self.data_dir / "training", self.image_size)
-        test_x, test_y, test_classes = load_split(self.data_dir / "testing", self.image_size)
+        train_x, train_y, classes, train_skipped = load_split(self.data_dir / "training", self.image_size, self.on_bad_image)
+        test_x, test_y, test_classes, test_skipped = load_split(self.data_dir / "testing", self.image_size, self.on_bad_image)
+        self.skipped = train_skipped + test_skipped
         self._check(classes, test_classes, len(train_y))
         self.classes = classes
         self.data_test = TensorBatchDataset(test_x, test_y)
