@@ -325,8 +325,9 @@ def resume_argv(argv: list[str]) -> list[str]:
 def occupied_run_dir(overrides: list[str]) -> str | None:
     """A `hydra.run.dir=` that names a finished run's folder would have Hydra write over its saved
     config before any check of ours: refuse it (resume= is the way back into a run's folder)."""
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0 or any(a.lstrip("+").startswith("resume_ckpt=") for a in overrides):
-        return None  # DDP's extra processes join their run's folder; resume continues in it
+    if (int(os.environ.get("LOCAL_RANK", "0")) > 0 or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
+            or any(a.lstrip("+").startswith("resume_ckpt=") for a in overrides)):
+        return None  # DDP's extra processes join their run's folder; resume and a requeued SLURM job continue in it
     for a in overrides:
         if a.startswith("hydra.run.dir="):
             folder = Path(a.split("=", 1)[1].strip('"')).expanduser()

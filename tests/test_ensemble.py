@@ -70,6 +70,7 @@ def test_ensemble_trains_members_and_tests_their_average(make_cfg, tmp_path):
     assert yaml.safe_load((tmp_path / "member1" / "hparams.yaml").read_text())["seed"] == cfg.seed + 1
 
 
+@pytest.mark.slow  # two training runs and the script: 25 s
 def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
     logs = tmp_path / "logs"
     for seed in (0, 1):

@@ -53,7 +53,8 @@ def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     proc = evaluate(f"ckpt_path={broken}")
     assert proc.returncode != 0 and "Cannot read the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-    assert evaluate().returncode == 2 and "usage:" in evaluate().stderr
+    usage = evaluate()
+    assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
 def test_training_logs_the_error_figures_to_tensorboard(run_dir):
