@@ -44,6 +44,8 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
     state = read_checkpoint(ckpt)
     check_fits(state, model, ckpt)
     model.load_state_dict(state["state_dict"])
+    # the class folder names the datamodule saved (checkpoints from before it did: none)
+    model.trained_classes = [str(c) for c in (state.get("MNISTDataModule") or {}).get("classes", [])]
     return cfg, model.eval()
 
 

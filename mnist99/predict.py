@@ -57,13 +57,6 @@ def read_images(paths: list[Path], size: int) -> tuple[list[Path], torch.Tensor,
     return ok, torch.stack(arrays) if arrays else torch.empty(0, size, size, dtype=torch.uint8), bad
 
 
-def class_names(ckpt: Path, n: int) -> list[str]:
-    """The class folder names the run trained on, saved by the datamodule in its checkpoints."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    names = (state.get("MNISTDataModule") or {}).get("classes") or [str(i) for i in range(n)]
-    return [str(c) for c in names]
-
-
 @torch.no_grad()
 def predict(target: str, inputs: str, batch_size: int = 512) -> tuple[list[tuple[Path, str, float, list[float]]], list[str], list[str]]:
     """([(path, predicted class, probability, all probabilities)], class names, unreadable files)."""
@@ -77,7 +70,7 @@ def predict(target: str, inputs: str, batch_size: int = 512) -> tuple[list[tuple
         model(to_model_input(chunk, data.channels, data.normalize, data.mean, data.std)).float().softmax(1)
         for chunk in images.split(batch_size)
     ]) if len(paths) else torch.empty(0, model.num_classes)
-    names = class_names(ckpt, probs.shape[1])
+    names = model.trained_classes or [str(i) for i in range(probs.shape[1])]
     rows = [(p, names[int(q.argmax())], float(q.max()), q.tolist()) for p, q in zip(paths, probs)]
     return rows, names, bad
 

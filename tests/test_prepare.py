@@ -256,20 +256,26 @@ def test_explicit_source_errors_do_not_fall_back(synthetic, tmp_path, monkeypatc
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
 
 
+def fail_after(monkeypatch, n: int, error: BaseException) -> dict:
+    """Make the PNG writer raise `error` at its (n+1)-th file; returns the call counter."""
+    real_save, calls = prepare._save_png, {"n": 0}
+
+    def flaky_save(image, path):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise error
+        real_save(image, path)
+
+    monkeypatch.setattr(prepare, "_save_png", flaky_save)
+    return calls
+
+
 def test_interrupted_preparation_leaves_nothing(synthetic, tmp_path, monkeypatch):
     src, _ = synthetic
     no_network(monkeypatch)
     data_dir = tmp_path / "mnist_png"
     real_save = prepare._save_png
-    calls = {"n": 0}
-
-    def flaky_save(image, path):
-        calls["n"] += 1
-        if calls["n"] > 15:
-            raise KeyboardInterrupt  # like Ctrl-C in the middle of writing
-        real_save(image, path)
-
-    monkeypatch.setattr(prepare, "_save_png", flaky_save)
+    calls = fail_after(monkeypatch, 15, KeyboardInterrupt())  # like Ctrl-C in the middle of writing
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_mnist_png(data_dir, source=src, progress=False)
     assert calls["n"] == 16
@@ -625,16 +631,7 @@ def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, m
     src, _ = synthetic
     no_network(monkeypatch)
     data_dir = tmp_path / "mnist_png"
-    real_save = prepare._save_png
-    calls = {"n": 0}
-
-    def disk_fills_up(image, path):
-        calls["n"] += 1
-        if calls["n"] > 15:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_save(image, path)
-
-    monkeypatch.setattr(prepare, "_save_png", disk_fills_up)
+    fail_after(monkeypatch, 15, OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(DataError, match=r"No space left on device.*Check free disk space"):
         prepare.prepare_mnist_png(data_dir, source=src, progress=False)
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
