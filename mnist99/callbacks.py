@@ -48,6 +48,10 @@ class ImagesPerSecondBar(RichProgressBar):
     """Lightning's rich progress bar, with the training images per second of the epoch so far
     (time since the epoch began, so data loading and logging count too)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen, self.start = 0, 0.0
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seen, self.start = 0, time.perf_counter()
         super().on_train_epoch_start(trainer, pl_module)
@@ -59,8 +63,8 @@ class ImagesPerSecondBar(RichProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)  # the run is named by its folder
-        elapsed = time.perf_counter() - getattr(self, "start", 0.0)
-        if trainer.training and getattr(self, "seen", 0) and elapsed > 0:
+        elapsed = time.perf_counter() - self.start
+        if trainer.training and self.seen and elapsed > 0:
             items["img/s"] = f"{self.seen / elapsed:,.0f}"
         return items
 

@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("logdir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/tensorboard.png"))
     parser.add_argument("--scalars", default="val/acc", help="tag filter for the SCALARS view")
-    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--width", type=int, default=1600)
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -32,20 +33,29 @@ def load_split(root: Path, size: int = 28, on_bad_image: str = "error") -> tuple
     cache = cache_dir / f"{Path(root).name}{mode}-{size}-{listing.fingerprint[:16]}.pt"
     cached = _load(cache, listing, size)
     if cached is None:
-        try:
-            cache_dir.mkdir(exist_ok=True)
-            lock = FileLock(str(cache) + ".lock")
-        except OSError:  # a read-only data folder: no cache, no lock, decode every time
-            lock = None
-        if lock is not None:
-            with lock:
-                cached = _load(cache, listing, size) or _build(cache, listing, size, on_bad_image)
-        else:
-            cached = _build(cache, listing, size, on_bad_image)
+        with _exclusive(cache):  # another process may have built it while this one waited
+            cached = _load(cache, listing, size) or _build(cache, listing, size, on_bad_image)
     images, labels, skipped = cached
     if skipped:
         log.warning("Skipped %d unusable image(s) in %s (data.on_bad_image=skip), e.g. %s", len(skipped), root, skipped[0])
     return images, labels, listing.classes, skipped
+
+
+@contextlib.contextmanager
+def _exclusive(cache: Path):
+    """Held by the one process that decodes and writes `cache`; nothing to hold in a read-only
+    data folder, where every run decodes (and trains) without a cache."""
+    lock = FileLock(str(cache) + ".lock")
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _load(cache: Path, listing, size: int):
