@@ -44,6 +44,21 @@ class TimeToAccuracy(L.Callback):
                 self.reached[t] = time.perf_counter() - self.start
 
 
+class EpochSeconds(L.Callback):
+    """`time/epoch_seconds`: the wall time of each training epoch with its validation (what
+    fastai's `time` column shows), in the logger beside the epoch's metrics."""
+
+    def __init__(self):
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # validation at the epoch's end has run by now (Lightning validates before this hook)
+        pl_module.log("time/epoch_seconds", time.perf_counter() - self.start)
+
+
 class ImagesPerSecondBar(RichProgressBar):
     """Lightning's rich progress bar, with the training images per second of the epoch so far
     (time since the epoch began, so data loading and logging count too)."""

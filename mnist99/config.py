@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist99.errors import ConfigError
@@ -66,6 +66,20 @@ def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict:
         raise ConfigError(f"{key}={value!r} is impossible: it must be {need} {bound}. {hint}")
 
 
+def _fractions(cfg: DictConfig, key: str, hint: str, count: int | None = None) -> None:
+    """A number in [0, 1), or a list of `count` of them."""
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    items = list(value) if count is not None and isinstance(value, ListConfig) else [value]
+    ok = (count is None or len(items) == count) and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1 for v in items
+    )
+    if not ok:
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise ConfigError(f"{key}={shown!r} is impossible. {hint}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse values that cannot work, naming the key and what would."""
     try:
@@ -88,6 +102,12 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         _number(cfg, f"trainer.{key}", integer=False, minimum=0, hint="A fraction (0.1), a batch count (20), or 0 to skip.")
     _number(cfg, "data.std", integer=False, minimum=0, strict=True, hint="MNIST's is 0.3081.")
+    _number(cfg, "optimizer.eps", integer=False, minimum=0, strict=True, hint="torch's default is 1e-8, fastai's 1e-5.")
+    for key in ("div_factor", "final_div_factor"):
+        _number(cfg, f"scheduler.{key}", integer=False, minimum=0, strict=True, hint="fastai's one-cycle uses 25 and 4000.")
+    _fractions(cfg, "optimizer.betas", "Adam's betas are two numbers in [0, 1), e.g. optimizer.betas=[0.9,0.99].", count=2)
+    _fractions(cfg, "scheduler.base_momentum", "A momentum is a number in [0, 1), e.g. 0.85.")
+    _fractions(cfg, "scheduler.max_momentum", "A momentum is a number in [0, 1), e.g. 0.95.")
     if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
 

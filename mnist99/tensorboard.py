@@ -19,6 +19,7 @@ def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
         "scheduler": choices.get("scheduler", "none" if not cfg.get("scheduler") else cfg.scheduler.get("_target_")),
         "experiment": choices.get("experiment", "none"),
         "augment": choices.get("augment", "none"),
+        "head": OmegaConf.select(cfg, "model.net.head"),  # resnets: linear or fastai
         "lr": OmegaConf.select(cfg, "optimizer.lr"),
         "weight_decay": OmegaConf.select(cfg, "optimizer.weight_decay"),
         "batch_size": OmegaConf.select(cfg, "data.batch_size"),

@@ -40,6 +40,7 @@ from mnist99.config import (
     validate,
 )
 from mnist99.errors import ConfigError, DivergedError, Interrupted, Mnist99Error
+from mnist99.models.optim import optimizer_from_config
 from mnist99.run_info import RunRecord
 from mnist99.sweep import LAST_SWEEP
 from mnist99.tensorboard import log_hparams
@@ -69,9 +70,9 @@ def choices(cfg: DictConfig | None = None) -> dict[str, str]:
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
-    optimizer = instantiate(cfg.optimizer)
+    optimizer, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
     extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
-    return instantiate(cfg.model, optimizer=optimizer, **extra)
+    return instantiate(cfg.model, optimizer=optimizer, decay_norm_and_bias=decay_norm_and_bias, **extra)
 
 
 def prepare(cfg: DictConfig) -> None:

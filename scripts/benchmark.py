@@ -113,6 +113,7 @@ def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: i
     from hydra.utils import instantiate
 
     from mnist99.models.classifier import ScratchLinear
+    from mnist99.models.optim import optimizer_from_config, param_groups
     from mnist99.train import build_model
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0", "callbacks=none")
@@ -122,7 +123,11 @@ def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: i
 
     # bare PyTorch: the model's own compute on real batches
     module = build_model(cfg).to(device)
-    opt = module.configure_optimizers() if isinstance(module, ScratchLinear) else instantiate(cfg.optimizer)(params=module.parameters())
+    if isinstance(module, ScratchLinear):
+        opt = module.configure_optimizers()
+    else:
+        factory, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
+        opt = factory(params=param_groups(module, decay_norm_and_bias))
     batches = iter(dm.train_dataloader())
     for i in range(warmup + steps):
         if i == warmup:

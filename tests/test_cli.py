@@ -80,7 +80,7 @@ BAD = [
     ("model=resnet999", "Available options in 'model'"),
     ("data.batch_size=0", "data.batch_size=0 is impossible"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is impossible"),
-    ("optimizer.lrr=0.1", "The keys under optimizer are: _partial_, _target_, lr, weight_decay"),
+    ("optimizer.lrr=0.1", "The keys under optimizer are: _partial_, _target_, betas, decay_norm_and_bias, eps, lr, weight_decay"),
     ("model.net.hidden_size=5", "The keys under model.net are: _target_, in_channels, num_classes, stem_kernel"),
     ("data.batch_size=abc", "data.batch_size='abc' is impossible"),
     ("data.val_size=100000", "data.val_size=100000 is impossible"),

@@ -9,6 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from mnist99.config import CONFIG_DIR, unknown_override_keys, validate
+from mnist99.models.optim import optimizer_from_config, param_groups
 from mnist99.train import build_model
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
@@ -32,7 +33,8 @@ def test_every_model_builds(make_cfg, model):
 @pytest.mark.parametrize("scheduler", GROUPS["scheduler"])
 def test_every_optimizer_and_scheduler_builds(make_cfg, optimizer, scheduler):
     cfg = make_cfg("model=mlp", f"optimizer={optimizer}", f"scheduler={scheduler}")
-    opt = instantiate(cfg.optimizer)(params=build_model(cfg).parameters())
+    factory, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
+    opt = factory(params=param_groups(build_model(cfg), decay_norm_and_bias))
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
     if cfg.scheduler:
         sched_factory = instantiate(cfg.scheduler)
@@ -78,7 +80,7 @@ def test_linear_scratch_selects_plain_sgd(make_cfg):
 def test_blog_resnet_uses_three_channels(make_cfg):
     cfg = make_cfg("experiment=blog_resnet18")
     assert cfg.model.in_channels == 3 and cfg.data.channels == 3 and cfg.data.batch_size == 64
-    assert build_model(cfg).net.conv1.in_channels == 3
+    assert build_model(cfg).net[0][0].in_channels == 3  # fastai's (body, head): the body's stem conv
     assert build_model(make_cfg("model=resnet18", "model.in_channels=1")).net.conv1.in_channels == 1
 
 

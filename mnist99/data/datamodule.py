@@ -130,6 +130,7 @@ class MNISTDataModule(L.LightningDataModule):
         loader: str = "tensor",
         on_device: bool = True,
         on_bad_image: str = "error",
+        drop_last: bool = False,
     ):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -150,6 +151,7 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError("data.on_bad_image=skip needs data.loader=tensor: the imagefolder loader reads each "
                               "image while training and cannot leave one out beforehand.")
         self.loader, self.on_device, self.on_bad_image = loader, on_device, on_bad_image
+        self.drop_last = drop_last
         self.skipped: tuple[str, ...] = ()  # unusable images left out (on_bad_image=skip)
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
@@ -236,6 +238,7 @@ class MNISTDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
+            drop_last=self.drop_last and dataset is self.data_train,  # every val/test image counts
             num_workers=workers,
             collate_fn=_batch_as_is if tensors else None,
             # its own generator for the per-iterator seed, which would otherwise be drawn from torch's

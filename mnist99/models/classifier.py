@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist99.errors import ConfigError
+from mnist99.models.optim import param_groups
 
 
 class ClassifierBase(L.LightningModule):
@@ -112,6 +113,8 @@ class Classifier(ClassifierBase):
     `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the optimizer gets the
     parameters; the scheduler gets the optimizer and the run's total number of steps, as
     `total_steps` (OneCycleLR) or `T_max` (CosineAnnealingLR), whichever it takes.
+    `decay_norm_and_bias=False` puts normalisation parameters and biases at weight decay 0
+    (`optimizer.decay_norm_and_bias`, see `param_groups`).
     """
 
     def __init__(
@@ -124,9 +127,11 @@ class Classifier(ClassifierBase):
         channels_last: bool = False,
         label_smoothing: float = 0.0,
         compile: bool = False,
+        decay_norm_and_bias: bool = True,
     ):
         super().__init__(num_classes)
         self.net = net
+        self.decay_norm_and_bias = decay_norm_and_bias
         self.label_smoothing = label_smoothing
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -153,7 +158,7 @@ class Classifier(ClassifierBase):
         return super().training_step(batch, batch_idx)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=param_groups(self, self.decay_norm_and_bias))
         if self.scheduler_factory is None:
             return optimizer
         params = inspect.signature(self.scheduler_factory.func).parameters
@@ -195,6 +200,7 @@ class ScratchLinear(ClassifierBase):
         image_size: int = 28,
         num_classes: int = 10,
         init_std: float = 0.01,
+        decay_norm_and_bias: bool = True,  # nothing to choose: its plain SGD has no weight decay
     ):
         super().__init__(num_classes)
         self.automatic_optimization = False

@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from mnist99.errors import ConfigError
+
 
 class LinearNet(nn.Sequential):
     """`nn.Linear(784, 10)`: the blog's second step."""
@@ -97,19 +99,66 @@ class StackCNN(nn.Sequential):
 
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+HEADS = ("linear", "fastai")
 
 
-def resnet(name: str = "resnet18", in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+class AdaptiveConcatPool2d(nn.Module):
+    """Max- and average-pooling side by side, concatenated on the channels (fastai's layer):
+    twice the features of the average alone."""
+
+    def __init__(self, size: int = 1):
+        super().__init__()
+        self.max, self.avg = nn.AdaptiveMaxPool2d(size), nn.AdaptiveAvgPool2d(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.max(x), self.avg(x)], dim=1)
+
+
+def fastai_head(n_features: int, num_classes: int, hidden: int = 512, dropout: tuple[float, float] = (0.25, 0.5)) -> nn.Sequential:
+    """fastai's `create_head` with its defaults: concat-pool, then two BatchNorm-Dropout-Linear
+    blocks (the Linears without bias, BatchNorm follows). Its Linears are kaiming-normal with zero
+    bias, as fastai's `apply_init`; its BatchNorms start at weight 1 and bias 1e-3, as fastai's
+    `BatchNorm` layer."""
+    head = nn.Sequential(
+        AdaptiveConcatPool2d(),
+        nn.Flatten(),
+        nn.BatchNorm1d(2 * n_features),
+        nn.Dropout(dropout[0]),
+        nn.Linear(2 * n_features, hidden, bias=False),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout[1]),
+        nn.Linear(hidden, num_classes, bias=False),
+    )
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, 1e-3)
+    return head
+
+
+def resnet(name: str = "resnet18", in_channels: int = 3, num_classes: int = 10, head: str = "linear") -> nn.Module:
     """A torchvision ResNet with random weights and the standard stem, as the blog trains it.
 
     On 28x28 input the stem and four stages shrink the image to 1x1. With in_channels=1 the first
     conv is rebuilt for grey input instead of repeating the grey channel three times.
+    head="linear" keeps torchvision's average pool + fc; head="fastai" is what fastai's
+    `cnn_learner(arch, pretrained=False)` builds: the body without avgpool and fc, then
+    `fastai_head` (an `nn.Sequential(body, head)`, as in fastai).
     """
+    if head not in HEADS:
+        raise ConfigError(f"model.net.head={head!r} is not a head: use linear (torchvision's pool + fc) or fastai "
+                          "(fastai's concat-pool, BatchNorm, Dropout, 512-unit head).")
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         old = net.conv1
         net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    return net
+    if head == "linear":
+        return net
+    body = nn.Sequential(*list(net.children())[:-2])  # everything before avgpool and fc
+    return nn.Sequential(body, fastai_head(net.fc.in_features, num_classes))
 
 
 def count_macs(net: nn.Module, in_channels: int = 1, image_size: int = 28) -> int:
