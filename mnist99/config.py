@@ -80,6 +80,12 @@ def _fractions(cfg: DictConfig, key: str, hint: str, count: int | None = None) -
         raise ConfigError(f"{key}={shown!r} is impossible. {hint}")
 
 
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not a switch: use {key}=true or {key}=false.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse values that cannot work, naming the key and what would."""
     try:
@@ -108,6 +114,8 @@ def _validate(cfg: DictConfig) -> None:
     _fractions(cfg, "optimizer.betas", "Adam's betas are two numbers in [0, 1), e.g. optimizer.betas=[0.9,0.99].", count=2)
     _fractions(cfg, "scheduler.base_momentum", "A momentum is a number in [0, 1), e.g. 0.85.")
     _fractions(cfg, "scheduler.max_momentum", "A momentum is a number in [0, 1), e.g. 0.95.")
+    for key in ("optimizer.decay_norm_and_bias", "scheduler.cycle_momentum", "data.normalize", "data.drop_last"):
+        _boolean(cfg, key)
     if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
 

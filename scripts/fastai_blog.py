@@ -1,16 +1,16 @@
 #!/usr/bin/env python
 """The blog's fastai recipe, run by fastai itself, as a reference for mnist99's blog_resnet* recipes.
 
-    /work/fastai-venv/bin/python scripts/fastai_blog.py data/mnist_png --arch resnet18 --epochs 5 \
+    .venv-fastai/bin/python scripts/fastai_blog.py data/mnist_png --arch resnet18 --epochs 5 \
         --json fastai_resnet18.json
 
-fastai is never a dependency of mnist99: this script does not import mnist99, and it runs in a
-virtual environment of its own, made once with (Python 3.11, x86_64; pip on 3.11 takes torch and
-torchvision from this machine's disk):
+scripts/blog_side_by_side.py runs it beside mnist99's own recipe. fastai is never a dependency of
+mnist99: this script does not import mnist99, and it runs in a virtual environment of its own,
+made once with (Python 3.11, x86_64; pip on 3.11 takes torch and torchvision from this machine's
+disk, and fastai 2.8.12 accepts torch 2.14):
 
-    python3 -m venv /work/fastai-venv
-    /work/fastai-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/fastai-venv/bin/pip install fastai==2.8.12
+    python3 -m venv .venv-fastai
+    .venv-fastai/bin/pip install torch==2.14.1 torchvision==0.29.1 fastai==2.8.12
 
 The recipe is the blog's: DataBlock over the PNG tree (training/<digit>/*.png, testing/<digit>/*.png),
 a torchvision ResNet with random weights under fastai's head (vision_learner, pretrained=False),

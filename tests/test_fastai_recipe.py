@@ -152,6 +152,8 @@ def test_blog_resnets_compose_with_their_reference(make_cfg, arch, reference):
     ("optimizer.eps=0", "optimizer.eps=0 is impossible"),
     ("scheduler.base_momentum=1.2", "scheduler.base_momentum=1.2 is impossible"),
     ("scheduler.final_div_factor=-1", "scheduler.final_div_factor=-1 is impossible"),
+    ("optimizer.decay_norm_and_bias=maybe", "optimizer.decay_norm_and_bias='maybe' is not a switch"),
+    ("data.drop_last=2", "data.drop_last=2 is not a switch"),
 ])
 def test_impossible_recipe_values_are_refused(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
