@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # works uninstalled and from any folder
 
-from mnist99.evaluate import main  # noqa: E402
+from mnist99.cli.eval import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

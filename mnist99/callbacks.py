@@ -247,16 +247,25 @@ def set_rng_states(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RngState(L.Callback):
+    """Every random generator's state in every checkpoint, restored on resume. With the epoch's
+    order drawn from (seed, epoch) and the position in the epoch saved by the datamodule, a run
+    resumed from any checkpoint, mid-epoch ones included, takes the same steps as one never stopped."""
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "rng" in state_dict:
+            set_rng_states(state_dict["rng"])
+
+
 class GracefulStop(L.Callback):
     """Ctrl-C (SIGINT) or SIGTERM while training: the current step finishes, the whole state goes
-    to `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch, random
-    generators), and the run stops with a message that says how to resume it. A second Ctrl-C
-    stops at once, without saving.
-
-    With the random generators in every checkpoint (this callback's state) and the epoch's order
-    drawn from (seed, epoch) by the datamodule, a run resumed from a mid-epoch checkpoint takes the
-    same steps as one never stopped. Under DDP the ranks agree each step on whether to stop.
-    """
+    to `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch and, with
+    RngState, the random generators), and the run stops with a message that says how to resume it.
+    A second Ctrl-C stops at once, without saving. Under DDP the ranks agree each step on whether
+    to stop."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -303,10 +312,3 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.restore_handlers()
-
-    def state_dict(self) -> dict:
-        return {"rng": rng_states()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if "rng" in state_dict:
-            set_rng_states(state_dict["rng"])

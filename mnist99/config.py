@@ -7,6 +7,7 @@ import hashlib
 import logging
 import numbers
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -18,13 +19,16 @@ from mnist99.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# An absolute path: Hydra would read a relative one as a module path inside the package.
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+# conf/ of the source tree (a checkout, or an editable install), else the copy a wheel installs
+# as mnist99/conf (pyproject.toml maps it there). An absolute path: Hydra would read a relative
+# one as a module path inside the package.
+_IN_TREE = PROJECT_ROOT / "conf"
+CONFIG_DIR = str(_IN_TREE if (_IN_TREE / "train.yaml").is_file() else Path(__file__).resolve().parent / "conf")
 
 
 def project_root() -> str:
     """The repository root (the folder holding conf/), or the current folder for a non-editable install."""
-    return str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd())
+    return str(PROJECT_ROOT if (_IN_TREE / "train.yaml").is_file() else Path.cwd())
 
 
 def folder_name(text: str, limit: int = 150) -> str:
@@ -44,6 +48,11 @@ def new_folder(path: str) -> str:
     return str(candidate)
 
 
+def mode(metric: str) -> str:
+    """How a metric improves: `min` for a loss, `max` for anything else (accuracies)."""
+    return "min" if "loss" in str(metric) else "max"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mnist99.new_folder"):
         OmegaConf.register_new_resolver("mnist99.new_folder", new_folder)
@@ -51,6 +60,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mnist99.root", project_root)
     if not OmegaConf.has_resolver("mnist99.folder_name"):
         OmegaConf.register_new_resolver("mnist99.folder_name", folder_name)
+    if not OmegaConf.has_resolver("mnist99.mode"):
+        OmegaConf.register_new_resolver("mnist99.mode", mode)
+    if not OmegaConf.has_resolver("mnist99.direction"):
+        OmegaConf.register_new_resolver("mnist99.direction", lambda metric: mode(metric) + "imize")
 
 
 def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:
@@ -116,17 +129,21 @@ def _validate(cfg: DictConfig) -> None:
     _fractions(cfg, "scheduler.max_momentum", "A momentum is a number in [0, 1), e.g. 0.95.")
     for key in ("optimizer.decay_norm_and_bias", "scheduler.cycle_momentum", "data.normalize", "data.drop_last"):
         _boolean(cfg, key)
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator} (what trainer.gpus=N sets)"))
     if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
 
 
 def compose_checked(overrides: list[str]) -> DictConfig:
-    """The start-up checks of `python train.py <overrides>`, in-process: misspelt keys, Hydra's
-    composition (unknown group options, syntax), impossible values. Every refusal is a ConfigError."""
+    """The start-up checks of `python train.py <overrides>`, in-process: shorthands, misspelt keys,
+    Hydra's composition (unknown group options, syntax), impossible values. Every refusal is a
+    ConfigError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    overrides = expand_shorthands(overrides)
     message = unknown_override_keys(overrides)
     if message:
         raise ConfigError(message)
@@ -135,29 +152,33 @@ def compose_checked(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as e:  # Hydra raises all of these for bad overrides
-        raise ConfigError(f"The overrides {overrides} cannot be composed: {str(e).strip()}") from None
+        said = " ".join(str(e).split())  # Hydra's lists and hints, on one line
+        raise ConfigError(f"The overrides {overrides} cannot be composed: {said}") from None
     finally:
         GlobalHydra.instance().clear()
     validate(cfg)
-    apply_gpus_shorthand(cfg)
     return cfg
 
 
-def apply_gpus_shorthand(cfg: DictConfig) -> None:
-    """`trainer.gpus=N` (Lightning 1.x) -> accelerator=gpu, devices=N; clear error without CUDA."""
-    gpus = cfg.trainer.get("gpus")
-    with open_dict(cfg.trainer):
-        cfg.trainer.pop("gpus", None)
-    if gpus is None:
-        if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator}"))
-        return
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, str, list)) or gpus in (0, "0"):
-        raise ConfigError(f"trainer.gpus={gpus!r} is not a GPU count: use e.g. trainer.gpus=1, or trainer.accelerator=cpu.")
-    if not torch.cuda.is_available():
-        raise ConfigError(_no_gpu_message(f"trainer.gpus={gpus}"))
-    log.info("trainer.gpus=%s is read as trainer.accelerator=gpu trainer.devices=%s", gpus, gpus)
-    cfg.trainer.accelerator, cfg.trainer.devices = "gpu", gpus
+def expand_shorthands(overrides: list[str]) -> list[str]:
+    """Overrides with Lightning 1.x's `trainer.gpus=N` written out as what it means in Lightning 2:
+    `trainer.accelerator=gpu trainer.devices=N` (N=0: `trainer.accelerator=cpu`). Done on the
+    command line, before composition, so the composed `trainer` node holds only Trainer arguments."""
+    out = []
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") != "trainer.gpus" or not _:
+            out.append(arg)
+            continue
+        value = value.strip().strip("'\"")
+        if value == "0":
+            out.append("trainer.accelerator=cpu")
+        elif re.fullmatch(r"-?\d+(,-?\d+)*|\[\d+(,\d+)*\]", value.replace(" ", "")):
+            out += ["trainer.accelerator=gpu", f"trainer.devices={value.replace(' ', '')}"]
+        else:
+            raise ConfigError(f"trainer.gpus={value!r} is not a GPU count: use e.g. trainer.gpus=1 (or 2, or [0,1] for "
+                              "those devices), or trainer.accelerator=cpu.")
+    return out
 
 
 def _no_gpu_message(asked: str) -> str:
@@ -169,7 +190,7 @@ def _no_gpu_message(asked: str) -> str:
     )
 
 
-def unknown_override_keys(args: list[str]) -> str | None:
+def unknown_override_keys(args: list[str], config_name: str = "train") -> str | None:
     """A message for `key=value` overrides whose key is not in the composed config, listing the
     keys that are there (Hydra itself only says 'not in struct'); None when all keys exist.
 
@@ -194,7 +215,7 @@ def unknown_override_keys(args: list[str]) -> str | None:
         return None  # composed by a caller (tests, another app): nothing to check against here
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[o.input_line for o in choices])
+            cfg = compose(config_name, overrides=[o.input_line for o in choices])
     except Exception:  # noqa: BLE001 - an unknown group option: Hydra lists the valid ones
         return None
     finally:

@@ -1,11 +1,8 @@
 """Ensembles and test-time augmentation: average the softmax of several trained models, each over
-copies of the test images shifted by whole pixels."""
+copies of the test images shifted by whole pixels. (Training the members: pipeline.train_ensemble.)"""
 
 from __future__ import annotations
 
-import copy
-import logging
-import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +13,6 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from mnist99.errors import ConfigError
-
-log = logging.getLogger("mnist99")
 
 
 class ShiftTTA(L.LightningModule):
@@ -90,35 +85,6 @@ def combine(probs: list[torch.Tensor], labels: torch.Tensor, shifts: list) -> di
         out["test/acc_members_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
         out["test/acc_ensemble_no_tta"] = accuracy(sum(p[:, plain] for p in probs), labels)
     out["test/acc"] = accuracy(sum(p.mean(1) for p in probs), labels)
-    return out
-
-
-def train_ensemble(cfg: DictConfig) -> dict:
-    """Train `ensemble.members` models (seeds seed, seed+1, ...) into member<i>/ folders, then test
-    their averaged predictions; returns the ensemble's metrics plus each member's test/acc."""
-    from mnist99.train import fit_and_test
-
-    members, shifts = check(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    probs, labels, best, fit_seconds = [], None, [], 0.0
-    for i in range(members):
-        member = copy.deepcopy(cfg)
-        member.seed = cfg.seed + i
-        member.paths.output_dir = str(run_dir / f"member{i}")
-        member.ensemble.members = 1
-        log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
-        metrics, model, datamodule = fit_and_test(member)
-        if "test/acc" not in metrics:  # interrupted: report what is finished
-            break
-        best.append(metrics.get("val/acc_best", math.nan))
-        fit_seconds += metrics["fit_seconds"]
-        p, labels = test_probs(model, datamodule, shifts, dict(cfg.trainer))
-        probs.append(p)
-    out = {"fit_seconds": fit_seconds, "epochs": cfg.trainer.max_epochs, "val/acc_best": statistics.fmean(best) if best else math.nan}
-    if probs:
-        out.update(combine(probs, labels, shifts))
-        out["tested_weights"] = f"average of {len(probs)} models' final weights, {len(shifts)} test-time shifts"
-    log_scalars(run_dir, {k: v for k, v in out.items() if k.startswith(("test/", "val/"))})
     return out
 
 

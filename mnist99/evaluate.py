@@ -1,10 +1,8 @@
-"""`python eval.py ckpt_path=<run dir or .ckpt>` / `mnist99-eval`: test a finished run again and
-look at what it got wrong: accuracy, per-class accuracy, confusion matrix, top losses."""
+"""Test a finished run again and look at what it got wrong: accuracy, per-class accuracy,
+confusion matrix, top losses (the library of `python eval.py`, mnist99.cli.eval)."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,12 +10,10 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mnist99.build import build_model
 from mnist99.callbacks import ErrorAnalysis
 from mnist99.checkpoints import check_fits, read_checkpoint
-from mnist99.config import register_resolvers
-from mnist99.errors import ConfigError, Mnist99Error
-
-USAGE = "python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]"
+from mnist99.errors import ConfigError
 
 
 def locate(target: str) -> tuple[Path, Path]:
@@ -37,8 +33,6 @@ def locate(target: str) -> tuple[Path, Path]:
 
 
 def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
-    from mnist99.train import build_model
-
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model = build_model(cfg)
     state = read_checkpoint(ckpt)
@@ -51,6 +45,9 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
 
 def evaluate(run_dir: Path, ckpt: Path, top_losses: int = 9) -> dict:
     """Test the checkpoint on the run's own test set; writes the figures and eval.yaml to run_dir."""
+    if isinstance(top_losses, bool) or not isinstance(top_losses, int) or top_losses < 0:
+        raise ConfigError(f"top_losses={top_losses!r} is impossible: it must be a whole number, 0 or more "
+                          "(how many of the highest-loss test images to draw; 0 draws none).")
     cfg, model = load(run_dir, ckpt)
     dm = instantiate(cfg.data, _convert_="all")
     analysis = ErrorAnalysis(output_dir=str(run_dir), top_losses=top_losses)
@@ -61,25 +58,3 @@ def evaluate(run_dir: Path, ckpt: Path, top_losses: int = 9) -> dict:
     result = {"checkpoint": str(ckpt), **{k: float(trainer.callback_metrics[k]) for k in ("test/acc", "test/loss")}, **analysis.result}
     (run_dir / "eval.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
     return result
-
-
-def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-    unknown = set(args) - {"ckpt_path", "top_losses"} or (set(a for a in sys.argv[1:] if "=" not in a) - {"--help", "-h"})
-    if "ckpt_path" not in args or unknown or "--help" in sys.argv or "-h" in sys.argv:
-        print(f"usage: {USAGE}" + (f"\nmnist99: error: unknown argument(s) {sorted(unknown)}" if unknown else ""), file=sys.stderr)
-        sys.exit(0 if ("--help" in sys.argv or "-h" in sys.argv) else 2)
-    register_resolvers()
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their start-up notices are noise here
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        top = int(args.get("top_losses", 9))
-        run_dir, ckpt = locate(args["ckpt_path"])
-        result = evaluate(run_dir, ckpt, top_losses=top)
-    except ValueError:
-        sys.exit(f"\nmnist99: error: top_losses={args['top_losses']!r} must be a whole number.\n")
-    except Mnist99Error as e:
-        sys.exit(f"\nmnist99: error: {e}\n")
-    print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")
-    print("per class: " + "  ".join(f"{c}: {a:.2%}" for c, a in result["per_class_acc"].items()))
-    print(f"wrote {run_dir / 'confusion_matrix.png'}, {run_dir / 'top_losses.png'}, {run_dir / 'eval.yaml'}")

@@ -38,6 +38,6 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) ->
     for logger in trainer.loggers:
         logger.log_hyperparams(params)  # hparams.yaml beside the events (and CSV's hparams)
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            writer = logger.experiment._get_file_writer()
+            writer = logger.experiment.file_writer  # torch's SummaryWriter makes it when created
             for summary in hparams(params, {m: 0.0 for m in HPARAM_METRICS}):
                 writer.add_summary(summary)

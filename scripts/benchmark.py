@@ -96,9 +96,10 @@ def compose_cfg(*overrides: str):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from mnist99.config import CONFIG_DIR, register_resolvers
+    from mnist99.config import CONFIG_DIR, expand_shorthands, register_resolvers
 
     register_resolvers()
+    overrides = expand_shorthands(list(overrides))  # trainer.gpus=1
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["logger=none", "trainer.enable_progress_bar=false", *overrides], return_hydra_config=True)
@@ -112,9 +113,9 @@ def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: i
     """Images/s of the model's own compute on real batches, in a plain PyTorch loop."""
     from hydra.utils import instantiate
 
+    from mnist99.build import build_model
     from mnist99.models.classifier import ScratchLinear
     from mnist99.models.optim import optimizer_from_config, param_groups
-    from mnist99.train import build_model
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0", "callbacks=none")
     dm = instantiate(cfg.data, _convert_="all")
@@ -124,7 +125,7 @@ def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: i
     # bare PyTorch: the model's own compute on real batches
     module = build_model(cfg).to(device)
     if isinstance(module, ScratchLinear):
-        opt = module.configure_optimizers()
+        opt = module.configure_optimizers()["optimizer"]
     else:
         factory, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
         opt = factory(params=param_groups(module, decay_norm_and_bias))
@@ -151,12 +152,12 @@ def lightning_rate(model: str, data_dir: Path, batch_size: int, steps: int, over
     import lightning as L
     from hydra.utils import instantiate
 
-    from mnist99.config import apply_gpus_shorthand
-    from mnist99.train import build_model
+    from mnist99.build import build_model
+    from mnist99.config import validate
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0",
                       "callbacks=none", *overrides)
-    apply_gpus_shorthand(cfg)
+    validate(cfg)  # e.g. trainer.gpus=1 on a machine without CUDA: one paragraph, not a traceback
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     dm = instantiate(cfg.data, _convert_="all")
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -198,7 +199,7 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, vari
 
 def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[str], thresholds=(0.99, 0.995)) -> dict:
     from mnist99.callbacks import TimeToAccuracy
-    from mnist99.train import train
+    from mnist99.pipeline import train
 
     runs = []
     for seed in range(seeds):

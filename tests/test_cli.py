@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 
 import pytest
@@ -31,16 +32,21 @@ def finished_run(tiny_tree, tmp_path_factory):
 
 def test_run_prints_summary_and_records_itself(finished_run):
     proc, run_dir = finished_run
-    assert run_dir.name.endswith("_cnn")
-    assert "mnist99: model=cnn test/acc=" in proc.stdout and str(run_dir.name) in proc.stdout
+    assert run_dir.name.endswith("_cnn")  # task_name: the model's name when no experiment names the run
+    assert "mnist99: task=cnn model=cnn test/acc=" in proc.stdout and str(run_dir.name) in proc.stdout
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 2
     assert record["versions"]["torch"] == metadata.version("torch")
-    assert 0 <= record["metrics"]["test/acc"] <= 1
+    assert record["metrics"]["test/acc"] > 0.5  # the tiny tree is learnable: chance is 0.1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["_target_"].endswith("Classifier")
     assert "trainer.max_epochs=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert only((run_dir / "checkpoints").glob("epoch*.ckpt")).name.startswith("epoch")
+    # the kept checkpoint is the best epoch by val/acc_best, named by its epoch and accuracy, and tested
+    names = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    best = only(n for n in names if n != "last.ckpt")
+    epoch, acc = re.fullmatch(r"epoch(\d{3})-val_acc(\d\.\d{4})\.ckpt", best).groups()
+    assert float(acc) == pytest.approx(record["metrics"]["val/acc_best"], abs=6e-5)
+    assert int(epoch) in (0, 1) and record["tested_weights"].endswith(best)
 
 
 def test_tensorboard_events_hold_metrics_and_hparams(finished_run):
@@ -71,7 +77,7 @@ def test_multirun_two_jobs(tiny_tree, tmp_path):
     assert jobs == [f"{i}_data.val_size=60,model={m},trainer.max_epochs=1" for i, m in enumerate(["linear", "mlp"])]
     for job in jobs:
         assert yaml.safe_load((sweep / job / "run.yaml").read_text())["status"] == "completed"
-    assert proc.stdout.count("mnist99: model=") == 2
+    assert proc.stdout.count("mnist99: task=") == 2
 
 
 BAD = [
@@ -106,4 +112,4 @@ def test_ddp_on_two_cpu_processes(tiny_tree, tmp_path):
     run_dir = only((tmp_path / "runs").iterdir())
     assert (run_dir / "train_ddp_process_1.log").is_file()  # the second rank ran
     assert yaml.safe_load((run_dir / "run.yaml").read_text())["status"] == "completed"
-    assert proc.stdout.count("mnist99: model=") == 1  # one summary, from rank 0
+    assert proc.stdout.count("mnist99: task=") == 1  # one summary, from rank 0

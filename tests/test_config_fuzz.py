@@ -41,8 +41,8 @@ def test_generated_overrides_validate_or_fail_clearly(args):
     try:
         compose_checked(args)
     except ConfigError as e:
-        message = str(e)
-        assert message and "\n" not in message.strip() or "cannot be composed" in message, message
+        message = str(e).strip()
+        assert message and "\n" not in message, message  # one paragraph, Hydra's refusals included
 
 
 def test_the_checks_accept_good_overrides_and_name_bad_ones():

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import OmegaConf
 
-from mnist99.config import CONFIG_DIR, unknown_override_keys, validate
+from mnist99.build import build_callbacks, build_loggers, build_model
+from mnist99.config import CONFIG_DIR, expand_shorthands, unknown_override_keys, validate
+from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config, param_groups
-from mnist99.train import build_model
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 
@@ -46,20 +51,59 @@ def test_every_optimizer_and_scheduler_builds(make_cfg, optimizer, scheduler):
 
 
 @pytest.mark.parametrize("trainer", GROUPS["trainer"])
-def test_every_trainer_composes(make_cfg, trainer):
+def test_every_trainer_instantiates_as_composed(make_cfg, trainer):
+    """The composed trainer node is lightning.pytorch.Trainer's arguments and nothing else."""
     cfg = make_cfg(f"trainer={trainer}")
-    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-    assert "max_epochs" in cfg.trainer and "gpus" in cfg.trainer
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            validate(cfg)
+        return
+    built = instantiate(cfg.trainer)
+    assert isinstance(built, L.Trainer) and built.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("typed,composed", [
+    ("trainer.gpus=2", {"accelerator": "gpu", "devices": 2}),
+    ("trainer.gpus=[0,1]", {"accelerator": "gpu", "devices": [0, 1]}),
+    ("trainer.gpus=0", {"accelerator": "cpu", "devices": "auto"}),
+])
+def test_gpus_shorthand_is_resolved_before_composition(typed, composed):
+    cfg = OmegaConf.to_container(compose_unchecked(expand_shorthands([typed])).trainer)
+    assert "gpus" not in cfg and {k: cfg[k] for k in composed} == composed
+
+
+def compose_unchecked(overrides):
+    from hydra import compose, initialize_config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
 
 
 @pytest.mark.parametrize("logger", GROUPS["logger"])
 @pytest.mark.parametrize("callbacks", GROUPS["callbacks"])
 def test_every_logger_and_callbacks_builds(make_cfg, logger, callbacks):
     cfg = make_cfg(f"logger={logger}", f"callbacks={callbacks}")
-    for section in (cfg.logger or {}).values():
-        instantiate(section)
-    for section in (cfg.callbacks or {}).values():
-        instantiate(section)
+    loggers = build_loggers(cfg)
+    built = build_callbacks(cfg, with_logger=bool(loggers))
+    assert len(loggers) == len(cfg.logger or {})
+    if callbacks == "none":
+        assert built == []  # none means none: nothing is added behind the config's back
+    else:
+        expected = len(cfg.callbacks) - (0 if loggers else 1)  # the lr monitor needs a logger
+        assert len(built) == expected and any(isinstance(c, LearningRateMonitor) for c in built) == bool(loggers)
+
+
+def test_checkpoints_follow_the_optimized_metric(make_cfg):
+    best = build_callbacks(make_cfg())[0]
+    assert (best.monitor, best.mode) == ("val/acc_best", "max")
+    best = build_callbacks(make_cfg("optimized_metric=val/loss"))[0]
+    assert (best.monitor, best.mode) == ("val/loss", "min")
+
+
+def test_task_name_is_the_model_unless_an_experiment_names_it(make_cfg):
+    assert make_cfg("model=mlp").task_name == "mlp"
+    assert make_cfg("experiment=fast", val_size=None).task_name == "fast"
 
 
 @pytest.mark.parametrize("experiment", GROUPS["experiment"])

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import lightning as L
+
 from conftest import run_cli
-from mnist99.train import train
+from mnist99.pipeline import train
 
 CPU = ("trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
 
 
-def test_fdr_runs_one_batch_of_each_split(make_cfg):
-    cfg = make_cfg("debug=fdr", *CPU)
-    assert cfg.trainer.fast_dev_run is True
-    metrics = train(cfg)
-    assert 0 <= metrics["test/acc"] <= 1 and metrics["epochs"] == 1
+class BatchCounter(L.Callback):
+    """Batches each split ran, per epoch for training and validation."""
+
+    def __init__(self):
+        self.train, self.val, self.test = Counter(), Counter(), 0
+
+    def on_train_batch_end(self, trainer, *args):
+        self.train[trainer.current_epoch] += 1
+
+    def on_validation_batch_end(self, trainer, *args):
+        if not trainer.sanity_checking:
+            self.val[trainer.current_epoch] += 1
+
+    def on_test_batch_end(self, trainer, *args):
+        self.test += 1
+
+
+def test_fdr_runs_one_batch_of_each_split_and_writes_nothing(make_cfg, tmp_path):
+    counter = BatchCounter()
+    metrics = train(make_cfg("debug=fdr", *CPU), extra_callbacks=[counter])
+    assert (counter.train, counter.val, counter.test) == ({0: 1}, {0: 1}, 1)
+    assert metrics["epochs"] == 1
+    assert not (tmp_path / "checkpoints").exists()  # Lightning's fast_dev_run writes no checkpoint
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_overfit_reaches_full_training_accuracy(make_cfg):
@@ -21,11 +44,13 @@ def test_overfit_reaches_full_training_accuracy(make_cfg):
     assert metrics["train/acc"] >= 0.99, metrics
 
 
-def test_limit_uses_small_fractions(make_cfg):
-    # batches of 8 so that 5% of the tiny tree's batches is still one batch
-    cfg = make_cfg("debug=limit", "data.batch_size=8", *CPU, val_size=200)
-    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches, cfg.trainer.max_epochs) == (0.05, 0.1, 2)
-    assert train(cfg)["epochs"] == 2
+def test_limit_runs_small_fractions_of_each_split(make_cfg):
+    # batches of 8: 200 training images (25 batches), 200 held out (25), 120 test images (15)
+    counter = BatchCounter()
+    metrics = train(make_cfg("debug=limit", "data.batch_size=8", *CPU, val_size=200), extra_callbacks=[counter])
+    # 5% of 25 training batches, 10% of 25 validation and of 15 test batches, over 2 epochs
+    assert (counter.train, counter.val, counter.test) == ({0: 1, 1: 1}, {0: 2, 1: 2}, 1)
+    assert metrics["epochs"] == 2
 
 
 def test_profiler_report_lands_in_the_run_dir(make_cfg, tmp_path):

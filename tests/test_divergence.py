@@ -12,7 +12,7 @@ import yaml
 from conftest import run_cli
 from mnist99.callbacks import StopOnDivergence
 from mnist99.errors import DivergedError
-from mnist99.train import fit_and_test
+from mnist99.pipeline import fit_and_test
 
 
 class Poison(L.Callback):

@@ -14,7 +14,7 @@ from conftest import ROOT, run_cli
 from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, check, combine
 from mnist99.errors import ConfigError
-from mnist99.train import train
+from mnist99.pipeline import train
 
 
 def one_hot(labels, n=3):
@@ -92,7 +92,7 @@ def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
 def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
     """With the EMA callback the model is tested with the averaged weights, whether they are the
     final ones (val_size=0) or come from the best checkpoint, not with the raw training weights."""
-    from mnist99.train import fit_and_test
+    from mnist99.pipeline import fit_and_test
 
     base = ("model=cnn", "trainer.max_epochs=3", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
             "trainer.enable_progress_bar=false", "callbacks=none")

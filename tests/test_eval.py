@@ -53,8 +53,25 @@ def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     proc = evaluate(f"ckpt_path={broken}")
     assert proc.returncode != 0 and "Cannot read the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-    usage = evaluate()
-    assert usage.returncode == 2 and "usage:" in usage.stderr
+    missing = evaluate()
+    assert missing.returncode == 2 and "ckpt_path is missing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("bad", ["top_losses=-1", "top_losses=many"])
+def test_eval_names_an_impossible_top_losses(run_dir, bad):
+    proc = evaluate(f"ckpt_path={run_dir}", bad)
+    message = proc.stderr.strip()
+    assert proc.returncode == 2 and message.startswith("mnist99: error: top_losses=") and "whole number" in message
+    assert "\n" not in message and "Traceback" not in message  # one paragraph
+
+
+def test_eval_is_a_hydra_app_with_help_cfg_and_checked_keys(run_dir):
+    helped = evaluate("--help")
+    assert helped.returncode == 0 and "ckpt_path" in helped.stdout and "top_losses: 9" in helped.stdout
+    composed = evaluate("--cfg", "job", f"ckpt_path={run_dir}", "top_losses=3")
+    assert composed.returncode == 0 and yaml.safe_load(composed.stdout) == {"ckpt_path": str(run_dir), "top_losses": 3}
+    typo = evaluate(f"ckpt_path={run_dir}", "top_loses=3")
+    assert typo.returncode == 2 and "Unknown config key 'top_loses'" in typo.stderr and "top_losses" in typo.stderr
 
 
 def test_training_logs_the_error_figures_to_tensorboard(run_dir):

@@ -18,7 +18,8 @@ from torch import nn
 from mnist99.config import validate
 from mnist99.errors import ConfigError
 from mnist99.models.nets import AdaptiveConcatPool2d, fastai_head, resnet
-from mnist99.train import build_model, friendly
+from mnist99.build import build_model
+from mnist99.pipeline import friendly
 
 
 def test_fastai_head_layers_shape_and_init():

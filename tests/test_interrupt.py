@@ -17,7 +17,7 @@ from omegaconf import open_dict
 
 from conftest import ROOT, run_cli
 from mnist99.errors import Interrupted
-from mnist99.train import fit_and_test
+from mnist99.pipeline import fit_and_test
 
 
 class SignalAt(L.Callback):

@@ -94,4 +94,13 @@ def test_predict_reports_bad_inputs_clearly(real_run, tmp_path):
     proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path / 'missing'}")
     assert proc.returncode != 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     proc = predict(f"ckpt_path={real_run}")
-    assert proc.returncode == 2 and "usage:" in proc.stderr
+    assert proc.returncode == 2 and "inputs is missing" in proc.stderr and "Traceback" not in proc.stderr
+    proc = predict(f"ckpt_path={real_run}", f"inputs={good}", "batch_size=0")
+    assert proc.returncode == 2 and "batch_size=0 is impossible" in proc.stderr
+
+
+def test_predict_is_a_hydra_app_with_help():
+    helped = predict("--help")
+    assert helped.returncode == 0
+    for key in ("ckpt_path", "inputs", "csv", "batch_size: 512"):
+        assert key in helped.stdout

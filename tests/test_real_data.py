@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist99.train import train
+from mnist99.pipeline import train
 
 
 def test_linear_learns_real_digits(make_cfg, real_subset):

@@ -18,7 +18,7 @@ def test_resume_continues_a_run_in_its_own_folder(tiny_tree, tmp_path):
     again = run_cli(f"resume={run_dir}", "trainer.max_epochs=3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
-    assert "mnist99: model=mlp" in again.stdout
+    assert "mnist99: task=mlp model=mlp" in again.stdout
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 3
     assert "model=mlp" in record["overrides"] and record["resumed"][0]["command"].startswith("train.py resume=")

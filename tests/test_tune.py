@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mnist99.errors import ConfigError
-from mnist99.train import train
+from mnist99.pipeline import train
 
 BASE = ("model=mlp", "trainer.max_epochs=1", "data.batch_size=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "tune.lr_find=true", "tune.num_training=20", "tune.min_lr=1e-5", "tune.max_lr=1.0")

@@ -8,7 +8,7 @@ reach `hydra.sweeper.n_trials` in total, instead of that many more.
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import Any
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
@@ -16,14 +16,13 @@ log = logging.getLogger("mnist99")
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
-    def sweep(self, arguments: List[str]) -> None:
-        from mnist99.search import finished_trials
+    def __init__(self, *, storage: Any, study_name: str | None, n_trials: int, **kwargs: Any) -> None:
+        if storage and study_name:
+            from mnist99.search import finished_trials
 
-        impl = self.sweeper
-        if impl.storage:
-            done = finished_trials(impl.storage, impl.study_name)
+            done = finished_trials(str(storage), study_name)
             if done:
                 log.info("Study %s already has %d finished trials; running %d more to reach n_trials=%d.",
-                         impl.study_name, done, max(impl.n_trials - done, 0), impl.n_trials)
-            impl.n_trials = max(impl.n_trials - done, 0)
-        return impl.sweep(arguments)
+                         study_name, done, max(n_trials - done, 0), n_trials)
+            n_trials = max(n_trials - done, 0)
+        super().__init__(storage=storage, study_name=study_name, n_trials=n_trials, **kwargs)

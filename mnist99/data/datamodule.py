@@ -156,6 +156,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.classes: tuple[str, ...] = ()
         self.data_train = self.data_val = self.data_test = None
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
+        self.position = (-1, 0)  # (epoch, training batches handed out in it), for mid-epoch checkpoints
 
     def prepare_data(self) -> None:
         if (self.data_dir / "training").is_dir() and (self.data_dir / "testing").is_dir():
@@ -230,9 +231,11 @@ class MNISTDataModule(L.LightningDataModule):
             # one process: an order a mid-epoch resume can reproduce. Under DDP, Lightning puts in
             # its DistributedSampler (also seeded by epoch), and a resume restarts the epoch.
             sampler, shuffle = EpochShuffle(len(dataset), torch.initial_seed()), False
+            self.position = (-1, 0)  # a new fit (an lr_find's batches do not count)
             if self.resume_at is not None:
                 epoch, batches = self.resume_at
                 sampler.skip, self.resume_at = (epoch, batches * self.batch_size), None
+                self.position = (epoch, batches)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -269,9 +272,8 @@ class MNISTDataModule(L.LightningDataModule):
         """Saved in every checkpoint: the classes (predict.py names its answers by them, a resume
         checks them) and how far into its epoch training was, for a checkpoint written mid-epoch."""
         state: dict = {"classes": list(self.classes)}
-        if self.trainer is not None and self.trainer.training:
-            state["epoch"] = self.trainer.current_epoch
-            state["batches_done"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self.trainer is not None and self.trainer.training and self.position[0] == self.trainer.current_epoch:
+            state["epoch"], state["batches_done"] = self.position
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -286,5 +288,9 @@ class MNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
-        training = self.augment is not None and self.trainer is not None and self.trainer.training
-        return to_model_input(x, self.channels, self.normalize, self.mean, self.std, self.augment if training else None), y
+        training = self.trainer is not None and self.trainer.training
+        if training:  # Lightning moves each training batch just before its step: count it
+            epoch, done = self.position
+            self.position = (self.trainer.current_epoch, done + 1 if epoch == self.trainer.current_epoch else 1)
+        augment = self.augment if training else None
+        return to_model_input(x, self.channels, self.normalize, self.mean, self.std, augment), y

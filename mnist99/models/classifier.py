@@ -62,17 +62,19 @@ class ClassifierBase(L.LightningModule):
         return value
 
     def is_logging_step(self) -> bool:
-        # The same test Lightning's LearningRateMonitor uses: will this step's values be written?
-        return self.trainer._logger_connector.should_update_logs or bool(self.trainer.fast_dev_run)
+        """Will Lightning write this step's values to the logger? It does every
+        `trainer.log_every_n_steps` optimizer steps (counting this one); call before the step."""
+        every = self.trainer.log_every_n_steps
+        return bool(self.trainer.fast_dev_run) or (every > 0 and (self.trainer.global_step + 1) % every == 0)
 
-    def log_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def log_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, logging_step: bool) -> None:
         self.update_metrics("train", loss, logits, y)
-        if self.is_logging_step():
+        if logging_step:
             self.log("train/loss", loss.detach(), prog_bar=True)
 
     def training_step(self, batch, batch_idx):
         loss, logits, y = self.step(batch)
-        self.log_train(loss, logits, y)
+        self.log_train(loss, logits, y, self.is_logging_step())
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -152,21 +154,23 @@ class Classifier(ClassifierBase):
         # `is not None`, not `or`: truth-testing a compiled wrapper calls len() on the net
         return (self.compiled_net if self.compiled_net is not None else self.net)(x)
 
-    def training_step(self, batch, batch_idx):
-        if self.is_logging_step():
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return super().training_step(batch, batch_idx)
-
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=param_groups(self, self.decay_norm_and_bias))
         if self.scheduler_factory is None:
-            return optimizer
+            return with_named_lr(optimizer)
         params = inspect.signature(self.scheduler_factory.func).parameters
         # OneCycleLR divides by the length of its phases, which vanish below ~10 steps (smoke runs).
         steps = max(int(self.trainer.estimated_stepping_batches), 10)
         extra = {"total_steps": steps} if "total_steps" in params else {"T_max": steps} if "T_max" in params else {}
-        scheduler = self.scheduler_factory(optimizer, **extra)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_named_lr(optimizer, self.scheduler_factory(optimizer, **extra))
+
+
+def with_named_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
+    """configure_optimizers' answer, its schedule stepped every step and named `train/lr`, the tag
+    Lightning's LearningRateMonitor (callbacks.lr_monitor) logs the rate under. Without a schedule,
+    a constant one: the monitor names only schedules, and the rate is then `train/lr` too."""
+    scheduler = scheduler or torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 class HandwrittenSGD(torch.optim.Optimizer):
@@ -226,15 +230,14 @@ class ScratchLinear(ClassifierBase):
         return -log_probs[torch.arange(len(y), device=y.device), y].mean()  # NLL
 
     def training_step(self, batch, batch_idx):
+        logging_step = self.is_logging_step()  # before the step counts
         loss, logits, y = self.step(batch)
         opt = self.optimizers()
         self.manual_backward(loss)
         opt.step()  # p -= lr * p.grad
         opt.zero_grad()  # then zero the grads
-        if self.is_logging_step():
-            self.log("train/lr", self.lr)
-        self.log_train(loss, logits, y)
+        self.log_train(loss, logits, y, logging_step)
         return loss.detach()  # not used for the step; lets callbacks see the loss
 
     def configure_optimizers(self):
-        return HandwrittenSGD([self.weights, self.bias], lr=self.lr)
+        return with_named_lr(HandwrittenSGD([self.weights, self.bias], lr=self.lr))

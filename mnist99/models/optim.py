@@ -38,8 +38,9 @@ def param_groups(module: nn.Module, decay_norm_and_bias: bool = True) -> list[di
             exempt.update(id(p) for p in m.parameters(recurse=False))
         elif isinstance(getattr(m, "bias", None), nn.Parameter):
             exempt.add(id(m.bias))
+    # named: LearningRateMonitor logs each group's rate as train/lr/<name>
     groups = [
-        {"params": [p for p in params if id(p) not in exempt]},
-        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
+        {"params": [p for p in params if id(p) not in exempt], "name": "decay"},
+        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0, "name": "no_decay"},
     ]
     return [g for g in groups if g["params"]]

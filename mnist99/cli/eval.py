@@ -1,0 +1,40 @@
+"""`python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]` / `mnist99-eval` (conf/eval.yaml):
+test a finished run again (mnist99.evaluate) and print what it got right and wrong."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from mnist99.cli import checked_argv, fail, setup_process
+from mnist99.config import CONFIG_DIR
+from mnist99.errors import Mnist99Error
+from mnist99.evaluate import evaluate, locate
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_dir, ckpt = locate(str(cfg.ckpt_path))
+        result = evaluate(run_dir, ckpt, top_losses=cfg.top_losses)
+    except MissingMandatoryValue:
+        fail("ckpt_path is missing: name the run to evaluate, e.g. python eval.py ckpt_path=outputs/runs/<time>_<task> "
+             "(a run folder made by train.py, or one of its .ckpt files). python eval.py --help lists the keys.")
+    except Mnist99Error as e:
+        fail(str(e))
+    print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")
+    print("per class: " + "  ".join(f"{c}: {a:.2%}" for c, a in result["per_class_acc"].items()))
+    print(f"wrote {run_dir / 'confusion_matrix.png'}, {run_dir / 'top_losses.png'}, {run_dir / 'eval.yaml'}")
+
+
+def main() -> None:
+    setup_process(quiet_lightning=True)
+    sys.argv = checked_argv(sys.argv, "eval")
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`python predict.py ckpt_path=<run dir or .ckpt> inputs=<images or folders> [csv=<file>]` /
+`mnist99-predict` (conf/predict.yaml): classify pictures with a trained run (mnist99.predict),
+one line per image, optionally a CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from mnist99.cli import checked_argv, fail, setup_process
+from mnist99.config import CONFIG_DIR
+from mnist99.errors import Mnist99Error
+from mnist99.predict import predict, write_csv
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        rows, names, bad = predict(str(cfg.ckpt_path), cfg.inputs, cfg.batch_size)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", None) or "ckpt_path and inputs"
+        fail(f"{key} is missing: python predict.py ckpt_path=<run dir or .ckpt> inputs=<image files or folders>. "
+             "python predict.py --help lists the keys.")
+    except Mnist99Error as e:
+        fail(str(e))
+    width = max((len(str(p)) for p, *_ in rows), default=0)
+    for p, label, prob, _ in rows:
+        print(f"{str(p):<{width}}  {label}  {prob:.4f}")
+    if cfg.csv:
+        write_csv(Path(cfg.csv), rows, names)
+        print(f"wrote {cfg.csv} ({len(rows)} rows)")
+    if bad:
+        print("\nmnist99: skipped files that are not readable images (fix or remove them):\n  " + "\n  ".join(bad), file=sys.stderr)
+        sys.exit(1)
+
+
+def quote_inputs(argv: list[str]) -> list[str]:
+    """`inputs=a.png,b dir/` as typed (comma-separated, any characters) becomes the Hydra list
+    `inputs=['a.png','b dir/']`; Hydra alone would read the commas as a sweep."""
+    out = []
+    for arg in argv:
+        if arg.startswith("inputs=") and not arg[len("inputs="):].lstrip().startswith("["):
+            items = [i.strip() for i in arg[len("inputs="):].split(",") if i.strip()]
+            quoted = [f"'{i}'" if "'" not in i else f'"{i}"' for i in items]
+            arg = f"inputs=[{','.join(quoted)}]"
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    setup_process(quiet_lightning=True)
+    sys.argv = checked_argv(quote_inputs(sys.argv), "predict")
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""`python train.py` / `mnist99-train`: compose the config with Hydra, run it (mnist99.pipeline),
+print a summary line, and exit with a code a shell or a scheduler can act on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from mnist99 import ddp_sweep, run_info
+from mnist99.build import choices
+from mnist99.cli import checked_argv, fail, setup_process
+from mnist99.config import CONFIG_DIR
+from mnist99.errors import ConfigError
+from mnist99.pipeline import optimized_value, run_recorded
+from mnist99.sweep import LAST_SWEEP
+
+log = logging.getLogger("mnist99")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One job: train and record it; print its summary or its one-paragraph error. A single run
+    exits with 2 (failed, diverged) or 128+signal (interrupted); a sweep's job returns
+    `failed_value` so the sweep goes on. Returns the optimized metric for a sweeper."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        ddp_sweep.announce_job(run_dir, overrides)
+    saved_env = ddp_sweep.saved_env()
+    try:
+        if multirun:
+            ddp_sweep.check_supported(cfg)
+        outcome = run_recorded(cfg, run_dir, overrides)
+    except ConfigError as e:  # before the job started: nothing to record
+        if multirun:
+            print(f"\nmnist99: error: {e}\n", file=sys.stderr)
+            return cfg.get("failed_value")
+        fail(str(e))
+    finally:
+        if multirun and saved_env["LOCAL_RANK"] is None:  # this process started the job's DDP processes (if any)
+            ddp_sweep.end_job(saved_env)
+    if outcome.status == "crashed":
+        if not multirun:
+            raise outcome.error
+        log.error("The job crashed (a bug in mnist99 or a library, not in the config); the sweep goes on.", exc_info=outcome.error)
+        return cfg.get("failed_value")
+    if outcome.status == "interrupted" and outcome.signum:  # the user asked the whole command to stop, sweep included
+        print(f"\nmnist99: {outcome.message}\n", file=sys.stderr)
+        sys.exit(128 + outcome.signum)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+    if outcome.message:  # failed or diverged
+        if multirun:
+            print(f"\nmnist99: error: {outcome.message}\n", file=sys.stderr)
+            return cfg.get("failed_value")  # the sweep goes on with its next job
+        fail(outcome.message)
+    summary(cfg, outcome.metrics, run_dir)
+    return optimized_value(cfg, outcome.metrics)
+
+
+@rank_zero_only
+def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
+    model = choices(cfg).get("model", OmegaConf.select(cfg, "model._target_"))
+    acc = metrics.get("test/acc")
+    acc_txt = f"test/acc={acc:.4f}" if acc is not None else "test/acc=n/a"
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    print(f"\nmnist99: task={cfg.get('task_name')} model={model} {acc_txt} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
+          f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={metrics.get('wall_seconds', 0):.1f}s "
+          f"run_dir={shown}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=<run dir or .ckpt>`: compose the run's own saved config (its .hydra/config.yaml,
+    so no override needs repeating), write into the same folder and continue from last.ckpt.
+    Other overrides on the line still apply (e.g. trainer.max_epochs=5 to train longer)."""
+    asked = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
+    if not asked:
+        return argv
+    target = Path(asked[-1]).expanduser().resolve()
+    ckpt = target if target.is_file() else target / "checkpoints" / "last.ckpt"
+    run_dir = ckpt.parent.parent
+    for needed in (run_dir / ".hydra" / "config.yaml", ckpt):
+        if not needed.is_file():
+            raise ConfigError(
+                f"resume={asked[-1]}: {needed} does not exist. Pass the folder of a run made by train.py "
+                "(outputs/runs/<time>_<task>), which holds .hydra/config.yaml and checkpoints/last.ckpt, "
+                "or one of its .ckpt files."
+            )
+    rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731
+    return [argv[0], "--config-path", str(run_dir / ".hydra"), "--config-name", "config",
+            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
+
+
+def occupied_run_dir(overrides: list[str]) -> str | None:
+    """A `hydra.run.dir=` that names a finished run's folder would have Hydra write over its saved
+    config before any check of ours: refuse it (resume= is the way back into a run's folder)."""
+    if (int(os.environ.get("LOCAL_RANK", "0")) > 0 or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
+            or any(a.lstrip("+").startswith("resume_ckpt=") for a in overrides)):
+        return None  # DDP's extra processes join their run's folder; resume and a requeued SLURM job continue in it
+    for a in overrides:
+        if a.startswith("hydra.run.dir="):
+            folder = Path(a.split("=", 1)[1].strip('"')).expanduser()
+            if (folder / "run.yaml").is_file():
+                return (f"hydra.run.dir={folder} holds a finished run (run.yaml), and a new run would write over it. "
+                        f"Pick a new folder, or continue that run with: python train.py resume={folder}")
+    return None
+
+
+def main() -> None:
+    """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
+    setup_process()
+    sys.argv = ddp_sweep.child_argv(sys.argv)
+    run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
+    try:
+        sys.argv = checked_argv(resume_argv(sys.argv), "train")
+    except ConfigError as e:
+        fail(str(e))
+    message = occupied_run_dir(sys.argv[1:])
+    if message:
+        fail(message)
+    hydra_main()
+    # Every DDP process leaves with its group closed: exiting with it alive can fail on the way out.
+    ddp_sweep.drop_process_group()
+    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
+        sys.exit(min(LAST_SWEEP.failed, 125))
+
+
+if __name__ == "__main__":
+    main()

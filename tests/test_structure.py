@@ -1,0 +1,156 @@
+"""The package's shape: the library apart from the commands, no import cycles, public APIs only,
+and a wheel that carries its configs."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "mnist99"
+# The one module allowed to touch Lightning's internals (DDP jobs inside a Hydra sweep).
+INTERNALS_MODULE = PACKAGE / "ddp_sweep.py"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_mnist99_modules(path: Path) -> set[str]:
+    """Every mnist99 module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mnist99")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist99"):
+            # `from mnist99 import ensemble` imports the module mnist99.ensemble
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            found |= {s for s in subs if (ROOT / (s.replace(".", "/") + ".py")).is_file()} or {node.module}
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = {module_name(p): imported_mnist99_modules(p) for p in PACKAGE.rglob("*.py")}
+    assert "mnist99.pipeline" in graph and "mnist99.cli.train" in graph
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not cycles, f"modules in an import cycle: {cycles}"
+
+
+def test_importing_the_library_changes_no_global_state():
+    """evaluate and predict import nothing of the commands, and leave warnings, resolvers and
+    logging as they were."""
+    probe = """
+import logging, sys, warnings
+from omegaconf import OmegaConf
+import lightning  # its own import-time settings are not ours
+filters, levels = list(warnings.filters), {n: logging.getLogger(n).level for n in ("lightning", "lightning.pytorch")}
+import mnist99.evaluate, mnist99.predict, mnist99.pipeline, mnist99.build
+assert not [m for m in sys.modules if m.startswith("mnist99.cli")], [m for m in sys.modules if m.startswith("mnist99.cli")]
+assert warnings.filters == filters, "warning filters changed"
+assert not [r for r in ("mnist99.root", "mnist99.new_folder", "mnist99.mode") if OmegaConf.has_resolver(r)], "resolvers registered"
+assert {n: logging.getLogger(n).level for n in levels} == levels, "logging levels changed"
+print("clean")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "clean" in proc.stdout, proc.stderr[-2000:]
+
+
+def private_reads(path: Path) -> list[str]:
+    """`obj._name` and getattr(obj, "_name") on anything but self, cls or a class of the file."""
+    tree = ast.parse(path.read_text())
+    own = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)} | {"self", "cls"}
+    found = []
+    for node in ast.walk(tree):
+        name, base = None, None
+        if isinstance(node, ast.Attribute):
+            name, base = node.attr, node.value
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr") and len(node.args) > 1:
+            if isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                name, base = node.args[1].value, node.args[0]
+        if not name or not name.startswith("_") or name.startswith("__"):
+            continue
+        if isinstance(base, ast.Name) and base.id in own:
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+# numpy's array reconstructor, which the restricted unpickler of the PyPI fallback allows by name
+NOT_LIGHTNING_OPTUNA_OR_HYDRA = {"multiarray._reconstruct"}
+
+
+def test_no_private_attribute_outside_the_ddp_sweep_module():
+    files = [p for p in [*PACKAGE.rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")] if p != INTERNALS_MODULE]
+    found = [f for p in files for f in private_reads(p) if not any(ok in f for ok in NOT_LIGHTNING_OPTUNA_OR_HYDRA)]
+    assert not found, "private attributes read or written:\n" + "\n".join(found)
+    assert private_reads(INTERNALS_MODULE), "the scan sees nothing: it cannot fail"
+
+
+def test_ddp_sweep_module_refuses_untested_lightning(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from mnist99 import ddp_sweep
+    from mnist99.errors import ConfigError
+
+    cfg = OmegaConf.create({"trainer": {"strategy": "ddp"}})
+    monkeypatch.setattr(ddp_sweep.metadata, "version", lambda name: "9.9.0")
+    with pytest.raises(ConfigError, match="tested with lightning 2.6.x; this environment has lightning 9.9.0"):
+        ddp_sweep.check_supported(cfg)
+    ddp_sweep.check_supported(OmegaConf.create({"trainer": {"strategy": "auto"}}))  # no DDP: nothing to refuse
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = out.glob("mnist99-*.whl")
+    return found
+
+
+def test_the_wheel_carries_every_config(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*.yaml")}
+    assert {f"mnist99/conf/{c}" for c in configs} <= names
+    assert "mnist99/cli/train.py" in names and "hydra_plugins/mnist99_search/__init__.py" in names
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_trains_and_evaluates_outside_the_repository(wheel, tiny_tree, tmp_path):
+    """The wheel alone (its files first on the path, not this checkout): train from an empty folder,
+    then eval reproduces the run's test accuracy."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    command = lambda cli, *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", f"import sys; from mnist99.cli.{cli} import main; sys.argv[0] = 'mnist99-{cli}'; main()", *args],
+        cwd=empty, capture_output=True, text=True, timeout=600, env=env)
+    trained = command("train", "experiment=fast", "trainer.max_epochs=1", f"data.data_dir={tiny_tree}", "data.val_size=60",
+                      "trainer.enable_progress_bar=false")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run_dir,) = (empty / "outputs" / "runs").iterdir()  # outputs/ of the current folder: no checkout here
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    sources = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["config_sources"]
+    main = next(s["path"] for s in sources if s["provider"] == "main")
+    assert main.endswith(str(site / "mnist99" / "conf"))  # the configs the wheel carries, not this checkout's
+    evaluated = command("eval", f"ckpt_path={run_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert yaml.safe_load((run_dir / "eval.yaml").read_text())["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-3)
