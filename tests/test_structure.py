@@ -4,6 +4,7 @@ and a wheel that carries its configs."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -116,8 +117,14 @@ def test_ddp_sweep_module_refuses_untested_lightning(monkeypatch):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+    """The wheel `pip install .` would build, built from a copy of the sources (setuptools leaves
+    build/ behind, whose stale files would end up in later wheels)."""
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source") / "mnist99"
+    run_outputs = {ROOT / n for n in ("data", "outputs", "multirun", "lightning_logs", "build")}
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: [
+        n for n in names if Path(folder, n) in run_outputs or n in (".git", "__pycache__") or n.startswith(".venv")
+        or n.endswith(".egg-info")])
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (found,) = out.glob("mnist99-*.whl")

