@@ -90,6 +90,14 @@ def verify(
             )
 
 
+def _read(reader, paths: Mapping[str, Path], name: str, what: str) -> np.ndarray:
+    """torchvision's reader on one file; what it refuses (asserts, wrong dtype or rank) named."""
+    try:
+        return reader(str(paths[name])).numpy()
+    except (AssertionError, TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"MNIST file {name} does not hold {what} ({exc}). Replace it with the original file.") from None
+
+
 def read_arrays(paths: Mapping[str, Path]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """The four checked IDX files as ``{"training": (images, labels), "testing": ...}``, read by
     torchvision: images uint8 ``[N, 28, 28]``, labels uint8 ``[N]`` with values 0..9."""
@@ -98,20 +106,8 @@ def read_arrays(paths: Mapping[str, Path]) -> Dict[str, Tuple[np.ndarray, np.nda
         ("training", TRAIN_IMAGES, TRAIN_LABELS),
         ("testing", TEST_IMAGES, TEST_LABELS),
     ):
-        try:
-            images = read_image_file(str(paths[img_name])).numpy()
-        except (AssertionError, TypeError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"MNIST file {img_name} does not hold [N, 28, 28] unsigned-byte images ({exc}). "
-                "Replace it with the original file."
-            ) from None
-        try:
-            labels = read_label_file(str(paths[lbl_name])).numpy()
-        except (AssertionError, TypeError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"MNIST file {lbl_name} does not hold [N] unsigned-byte labels ({exc}). "
-                "Replace it with the original file."
-            ) from None
+        images = _read(read_image_file, paths, img_name, "[N, 28, 28] unsigned-byte images")
+        labels = _read(read_label_file, paths, lbl_name, "[N] unsigned-byte labels")
         if images.shape[1:] != IMAGE_SHAPE:
             raise DataError(
                 f"MNIST file {img_name} holds an array of shape {images.shape}; expected "
