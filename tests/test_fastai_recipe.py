@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 from conftest import ROOT
 from torch import nn
 
+from mnist99.build import build_model
 from mnist99.config import validate
 from mnist99.errors import ConfigError
-from mnist99.models.nets import AdaptiveConcatPool2d, fastai_head, resnet
-from mnist99.build import build_model
+from mnist99.models.nets import AdaptiveConcatPool2d, resnet
 from mnist99.pipeline import friendly
 
 

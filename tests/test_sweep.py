@@ -20,7 +20,7 @@ def fake_job(sweep, num, overrides, status="completed", test_acc=None, val_best=
     if test_acc is not None:
         record["metrics"] = {"test/acc": test_acc, "val/acc_best": val_best if val_best is not None else test_acc - 0.01}
     if status != "completed":
-        record["error"] = f"The training loss became nan at step 4 (epoch 0), so the run was stopped. More text."
+        record["error"] = "The training loss became nan at step 4 (epoch 0), so the run was stopped. More text."
     (job / "run.yaml").write_text(yaml.safe_dump(record))
     cfg = {"optimizer": {"lr": lr}, "seed": seed, "optimized_metric": "val/acc_best", "reference": reference}
     (job / "config.yaml").write_text(yaml.safe_dump(cfg))
