@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist99 import ddp_sweep, run_info
 from mnist99.build import choices
 from mnist99.cli import checked_argv, fail, setup_process
-from mnist99.config import CONFIG_DIR
+from mnist99.config import CONFIG_DIR, new_folder
 from mnist99.errors import ConfigError
 from mnist99.pipeline import optimized_value, run_recorded
 from mnist99.sweep import LAST_SWEEP
@@ -125,6 +125,10 @@ def occupied_run_dir(overrides: list[str]) -> str | None:
 def main() -> None:
     """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
     setup_process()
+    # a fresh start when called again in one process (tests, notebooks): no earlier sweep's
+    # failures, no run folder remembered from an earlier run
+    LAST_SWEEP.jobs = LAST_SWEEP.failed = 0
+    new_folder.cache_clear()
     sys.argv = ddp_sweep.child_argv(sys.argv)
     run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
     try:
