@@ -84,6 +84,41 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def run_in_process(command: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python <command>.py ARGS` run by its main() inside this process: what the user sees
+    (stdout, stderr, exit status) without a new interpreter's ~10 s of imports. For refusals and
+    other short commands; DDP, signals and the first end-to-end run keep a real process."""
+    import contextlib
+    import importlib
+    import io
+    import traceback
+
+    main = importlib.import_module(f"mnist99.cli.{command}").main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, here = sys.argv, Path.cwd()
+    GlobalHydra.instance().clear()
+    try:
+        sys.argv = [str(ROOT / f"{command}.py"), *args]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:  # sys.exit("message"): the message on stderr, status 1
+                    print(e.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # noqa: BLE001 - a crash, shown as the interpreter would
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def real_subset(shared_mnist, tmp_path_factory):
     """The first 4000 training and 4000 test images of MNIST, as an mnist_png tree."""

@@ -11,7 +11,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 
 def only(paths):
@@ -97,11 +97,19 @@ BAD = [
 def test_bad_input_exits_with_a_clear_message(tiny_tree, tmp_path, override, expected):
     if override == "trainer.gpus=1" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", override, f"paths.log_dir={tmp_path}")
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", override, f"paths.log_dir={tmp_path}")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert expected in out, out[-2000:]
     assert "Traceback" not in out
+
+
+def test_bad_input_in_a_real_process(tiny_tree, tmp_path):
+    """The same refusal from a new interpreter, as a user meets it: status 2, one paragraph."""
+    proc = run_cli(f"data.data_dir={tiny_tree}", "optimizer.lr=-1", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("mnist99: error: optimizer.lr=-1 is impossible: it must be a number greater than 0. "
+                                   "Try e.g. optimizer.lr=0.001.")
 
 
 def test_ddp_on_two_cpu_processes(tiny_tree, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_in_process
 from mnist99.data.digit_image import to_mnist
 
 
@@ -88,19 +88,19 @@ def test_predict_reports_bad_inputs_clearly(real_run, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
-    proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path}")
+    proc = run_in_process("predict", f"ckpt_path={real_run}", f"inputs={tmp_path}")
     assert proc.returncode == 1 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
     assert "good.png" in proc.stdout  # the readable ones still get their answer
-    proc = predict(f"ckpt_path={real_run}", f"inputs={tmp_path / 'missing'}")
+    proc = run_in_process("predict", f"ckpt_path={real_run}", f"inputs={tmp_path / 'missing'}")
     assert proc.returncode != 0 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = predict(f"ckpt_path={real_run}")
+    proc = run_in_process("predict", f"ckpt_path={real_run}")
     assert proc.returncode == 2 and "inputs is missing" in proc.stderr and "Traceback" not in proc.stderr
-    proc = predict(f"ckpt_path={real_run}", f"inputs={good}", "batch_size=0")
+    proc = run_in_process("predict", f"ckpt_path={real_run}", f"inputs={good}", "batch_size=0")
     assert proc.returncode == 2 and "batch_size=0 is impossible" in proc.stderr
 
 
 def test_predict_is_a_hydra_app_with_help():
-    helped = predict("--help")
+    helped = run_in_process("predict", "--help")
     assert helped.returncode == 0
     for key in ("ckpt_path", "inputs", "csv", "batch_size: 512"):
         assert key in helped.stdout
