@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import run_cli, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +49,8 @@ def test_a_truncated_checkpoint_is_refused_by_resume_and_eval(finished, tmp_path
     run = copy_run(finished, tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
-    clear_refusal(run_cli(f"resume={run}"), "Cannot read the checkpoint", str(last), "truncated")
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={last}"], capture_output=True, text=True, timeout=300)
+    clear_refusal(run_in_process("train", f"resume={run}"), "Cannot read the checkpoint", str(last), "truncated")
+    proc = run_in_process("eval", f"ckpt_path={last}")
     clear_refusal(proc, "Cannot read the checkpoint")
 
 
@@ -63,8 +61,8 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(finishe
     ckpt = torch.load(last, weights_only=True)
     ckpt["payload"] = RunsCode(marker)
     torch.save(ckpt, last)
-    clear_refusal(run_cli(f"resume={run}"), "Refused to load", "weights_only=True")
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={last}"], capture_output=True, text=True, timeout=300)
+    clear_refusal(run_in_process("train", f"resume={run}"), "Refused to load", "weights_only=True")
+    proc = run_in_process("eval", f"ckpt_path={last}")
     clear_refusal(proc, "Refused to load")
     assert not marker.exists()
     torch.load(last, weights_only=False)  # the file really does run code when loaded unsafely
@@ -75,20 +73,20 @@ def test_a_checkpoint_of_another_model_or_class_count_is_refused(finished, tiny_
     last = finished / "checkpoints" / "last.ckpt"
     base = (f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
             "logger=none", f"paths.log_dir={tmp_path}", f"+resume_ckpt={last}")
-    clear_refusal(run_cli(*base, "model=cnn"), "was written by a different model", "resume=<its run dir>")
-    clear_refusal(run_cli(*base, "model=mlp", "model.net.hidden_size=31"), "does not fit this model", "net.1.weight")
+    clear_refusal(run_in_process("train", *base, "model=cnn"), "was written by a different model", "resume=<its run dir>")
+    clear_refusal(run_in_process("train", *base, "model=mlp", "model.net.hidden_size=31"), "does not fit this model", "net.1.weight")
     # the same mlp for 12 classes: the last layer tells
     ckpt = torch.load(last, weights_only=True)
     ckpt["state_dict"]["net.3.weight"] = torch.zeros(12, ckpt["state_dict"]["net.3.weight"].shape[1])
     ckpt["state_dict"]["net.3.bias"] = torch.zeros(12)
     twelve = tmp_path / "twelve.ckpt"
     torch.save(ckpt, twelve)
-    clear_refusal(run_cli(*base[:-1], "model=mlp", f"+resume_ckpt={twelve}"), "model for 12 classes", "model.num_classes=12")
+    clear_refusal(run_in_process("train", *base[:-1], "model=mlp", f"+resume_ckpt={twelve}"), "model for 12 classes", "model.num_classes=12")
 
 
 def test_a_finished_runs_folder_is_never_written_over(finished, tiny_tree, tmp_path):
     saved = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1", f"hydra.run.dir={finished}")
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1", f"hydra.run.dir={finished}")
     clear_refusal(proc, "holds a finished run", f"resume={finished}")
     assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == saved
 

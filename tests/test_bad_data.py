@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_in_process
 
 QUICK = ("data.val_size=60", "trainer.max_epochs=1", "model=linear", "trainer.enable_progress_bar=false", "logger=csv")
 
@@ -25,7 +25,7 @@ def tree(tiny_tree, tmp_path):
 
 
 def train(tree, tmp_path, *extra):
-    return run_cli(f"data.data_dir={tree}", *QUICK, f"paths.log_dir={tmp_path / 'logs'}", *extra)
+    return run_in_process("train", f"data.data_dir={tree}", *QUICK, f"paths.log_dir={tmp_path / 'logs'}", *extra)
 
 
 def refused(proc, *words):

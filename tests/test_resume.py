@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 
 def test_resume_continues_a_run_in_its_own_folder(tiny_tree, tmp_path):
@@ -15,7 +15,7 @@ def test_resume_continues_a_run_in_its_own_folder(tiny_tree, tmp_path):
                     "trainer.max_epochs=1", "trainer.log_every_n_steps=1", f"paths.log_dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    again = run_cli(f"resume={run_dir}", "trainer.max_epochs=3", cwd=tmp_path)
+    again = run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
     assert "mnist99: task=mlp model=mlp" in again.stdout
@@ -31,5 +31,5 @@ def test_resume_continues_a_run_in_its_own_folder(tiny_tree, tmp_path):
 
 
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path):
-    proc = run_cli(f"resume={tmp_path}")
+    proc = run_in_process("train", f"resume={tmp_path}")
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
