@@ -53,10 +53,12 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logger: bool = True) -> list[L.Callback]:
-    """The callbacks of the `callbacks` group (one set to null, `callbacks.model_checkpoint=null`,
-    is switched off), then `extra`. Two are left out where Lightning would refuse them: the
-    progress bar when trainer.enable_progress_bar=false, the learning-rate monitor without a logger."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra)
+    """`extra`, then the callbacks of the `callbacks` group (one set to null,
+    `callbacks.model_checkpoint=null`, is switched off). `extra` comes first so that what it does
+    at a hook (a signal sent, weights changed) is seen by the group's callbacks at that same hook.
+    Two are left out where Lightning would refuse them: the progress bar when
+    trainer.enable_progress_bar=false, the learning-rate monitor without a logger."""
+    callbacks = list(extra) + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not with_logger:

@@ -224,11 +224,11 @@ def unknown_override_keys(args: list[str], config_name: str = "train") -> str | 
         *parents, leaf = o.key_or_group.split(".")
         node, path = cfg, []
         for part in parents:
-            if not isinstance(node, DictConfig) or part not in node:
+            if not isinstance(node, DictConfig) or part not in node.keys():
                 break
             node, path = node[part], [*path, part]
         else:
-            if isinstance(node, DictConfig) and leaf in node:
+            if isinstance(node, DictConfig) and leaf in node.keys():
                 continue
         where = ".".join(path) or "the top level"
         valid = ", ".join(sorted(str(k) for k in node.keys())) if isinstance(node, DictConfig) else "(none: it is not a section)"

@@ -86,8 +86,8 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None
 
 def run_in_process(command: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`python <command>.py ARGS` run by its main() inside this process: what the user sees
-    (stdout, stderr, exit status) without a new interpreter's ~10 s of imports. For refusals and
-    other short commands; DDP, signals and the first end-to-end run keep a real process."""
+    (stdout, stderr, exit status) without a new interpreter's ~10 s of imports. Most tests run
+    this way; DDP, signals, parallel launchers and the first end-to-end run keep a real process."""
     import contextlib
     import importlib
     import io

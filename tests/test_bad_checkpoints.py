@@ -8,14 +8,14 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli, run_in_process
+from conftest import run_in_process
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_tree, tmp_path_factory):
     """A finished one-epoch mlp run."""
     logs = tmp_path_factory.mktemp("ckptlogs")
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=1",
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=1",
                    "trainer.enable_progress_bar=false", "logger=none", f"paths.log_dir={logs}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (logs / "runs").iterdir()

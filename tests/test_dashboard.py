@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 
 
 def free_port() -> int:
@@ -31,7 +31,7 @@ def get(url: str, body: dict | None = None):
 @pytest.fixture
 def dashboard(tiny_tree, tmp_path):
     """A two-epoch run's outputs, served by `tensorboard --logdir` on a free local port."""
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
                    "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     port = free_port()

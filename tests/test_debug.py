@@ -6,7 +6,7 @@ from collections import Counter
 
 import lightning as L
 
-from conftest import run_cli
+from conftest import run_in_process
 from mnist99.pipeline import train
 
 CPU = ("trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
@@ -60,5 +60,5 @@ def test_profiler_report_lands_in_the_run_dir(make_cfg, tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config():
-    proc = run_cli("--cfg", "job", "debug=limit", "model=mlp")
+    proc = run_in_process("train", "--cfg", "job", "debug=limit", "model=mlp")
     assert proc.returncode == 0 and "limit_train_batches: 0.05" in proc.stdout and "hidden_size: 30" in proc.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import run_in_process
 from mnist99.callbacks import StopOnDivergence
 from mnist99.errors import DivergedError
 from mnist99.pipeline import fit_and_test
@@ -58,7 +58,7 @@ def test_a_loss_that_explodes_is_divergence_but_one_spike_is_not():
 
 
 def test_cli_records_a_diverged_run(tiny_tree, tmp_path):
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "optimizer=sgd", "optimizer.lr=1e6",
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "optimizer=sgd", "optimizer.lr=1e6",
                    "scheduler=none", "trainer.max_epochs=2", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 2
     assert "it diverged" in proc.stderr and "optimizer.lr=1e+06" in proc.stderr and "Traceback" not in proc.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_in_process
 from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, check, combine
 from mnist99.errors import ConfigError
@@ -74,7 +74,7 @@ def test_ensemble_trains_members_and_tests_their_average(make_cfg, tmp_path):
 def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
     logs = tmp_path / "logs"
     for seed in (0, 1):
-        proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "data.batch_size=32",
+        proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=2", "data.batch_size=32",
                        f"seed={seed}", f"paths.log_dir={logs}", "hydra.run.dir=" + str(logs / f"run{seed}"))
         assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "ens.json"

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli, run_in_process
+from conftest import run_in_process
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_tree, tmp_path_factory):
     logs = tmp_path_factory.mktemp("evallogs")
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
                    f"paths.log_dir={logs}", "trainer.enable_progress_bar=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (found,) = (logs / "runs").iterdir()
@@ -22,7 +20,7 @@ def run_dir(tiny_tree, tmp_path_factory):
 
 
 def evaluate(*args):
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=300)
+    return run_in_process("eval", *args)
 
 
 def test_eval_matches_the_runs_test_accuracy_and_writes_its_figures(run_dir):

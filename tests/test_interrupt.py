@@ -15,7 +15,7 @@ import torch
 import yaml
 from omegaconf import open_dict
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_in_process
 from mnist99.errors import Interrupted
 from mnist99.pipeline import fit_and_test
 
@@ -88,7 +88,7 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_resume_finishes
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < stopped_at < 40 * 43
 
-    again = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    again = run_in_process("train", f"resume={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 40

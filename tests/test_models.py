@@ -74,12 +74,13 @@ def test_time_to_accuracy_records_the_first_crossing(monkeypatch):
     import mnist99.callbacks
     from mnist99.callbacks import TimeToAccuracy
 
-    now = iter([100.0, 101.0, 102.0, 103.0, 104.0])  # fit starts at 100, then one validation a second
-    monkeypatch.setattr(mnist99.callbacks.time, "perf_counter", lambda: next(now))
+    now = [100.0]  # a fake clock: fit starts at 100, then one validation a second
+    monkeypatch.setattr(mnist99.callbacks.time, "perf_counter", lambda: now[0])
     clock = TimeToAccuracy((0.9, 0.99))
     trainer = SimpleNamespace(sanity_checking=False, callback_metrics={})
     clock.on_train_start(trainer, None)
     for acc in (0.5, 0.95, 0.92, 0.995):
+        now[0] += 1
         trainer.callback_metrics["val/acc"] = torch.tensor(acc)
         clock.on_validation_end(trainer, None)
     # 0.9 first crossed at the 2nd validation (not moved by the dip and the later crossing)

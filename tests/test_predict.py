@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_cli, run_in_process
+from conftest import run_in_process
 from mnist99.data.digit_image import to_mnist
 
 
@@ -18,7 +16,7 @@ from mnist99.data.digit_image import to_mnist
 def real_run(real_subset, tmp_path_factory):
     """experiment=fast trained on the 4000-image real subset (~97% test accuracy)."""
     logs = tmp_path_factory.mktemp("predictlogs")
-    proc = run_cli("experiment=fast", f"data.data_dir={real_subset}", "data.val_size=0", "trainer.max_epochs=3",
+    proc = run_in_process("train", "experiment=fast", f"data.data_dir={real_subset}", "data.val_size=0", "trainer.max_epochs=3",
                    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none", f"paths.log_dir={logs}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (logs / "runs").iterdir()
@@ -31,7 +29,7 @@ def known_digits(real_subset) -> list[tuple[int, np.ndarray]]:
 
 
 def predict(*args):
-    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], capture_output=True, text=True, timeout=300)
+    return run_in_process("predict", *args)
 
 
 def predicted(csv_path) -> dict[str, str]:

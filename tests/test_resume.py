@@ -5,13 +5,13 @@ from __future__ import annotations
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli, run_in_process
+from conftest import run_in_process
 
 
 def test_resume_continues_a_run_in_its_own_folder(tiny_tree, tmp_path):
     """A run stopped after epoch 1 of 3 (here: trained for 1 epoch) resumed to 3 epochs: one folder,
     3 epochs, the original overrides kept, and TensorBoard curves without a repeated step."""
-    first = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "model=mlp", "scheduler=none",
+    first = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "model=mlp", "scheduler=none",
                     "trainer.max_epochs=1", "trainer.log_every_n_steps=1", f"paths.log_dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()

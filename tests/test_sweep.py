@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_in_process
 from mnist99.sweep import collect, seed_groups, write_summary
 
 
@@ -77,7 +77,7 @@ def test_summarize_script_and_its_error(sweep, tmp_path):
 
 def test_multirun_summarises_and_counts_failed_jobs(tiny_tree, tmp_path):
     """A real sweep with one impossible job: the others finish, the summary is written, exit status 1."""
-    proc = run_cli("-m", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1", "model=linear",
+    proc = run_in_process("train", "-m", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1", "model=linear",
                    "data.batch_size=32,0", f"paths.log_dir={tmp_path}", "trainer.enable_progress_bar=false")
     assert proc.returncode == 1, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").iterdir()

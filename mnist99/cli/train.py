@@ -103,8 +103,13 @@ def resume_argv(argv: list[str]) -> list[str]:
             )
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731
+    # The saved config is composed without its groups, so a task_name taken from a group choice
+    # (the model's name) would be lost: keep the name the run had, from its resolved config.
+    resolved = run_dir / "config.yaml"
+    name = OmegaConf.load(resolved).get("task_name") if resolved.is_file() else None
+    pinned = [f'task_name="{quoted(name)}"'] if name and not any(a.startswith("task_name=") for a in rest) else []
     return [argv[0], "--config-path", str(run_dir / ".hydra"), "--config-name", "config",
-            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
+            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *pinned, *rest]
 
 
 def occupied_run_dir(overrides: list[str]) -> str | None:
