@@ -88,17 +88,31 @@ def run_in_process(command: str, *args: str, cwd: Path = ROOT) -> subprocess.Com
     """`python <command>.py ARGS` run by its main() inside this process: what the user sees
     (stdout, stderr, exit status) without a new interpreter's ~10 s of imports. Most tests run
     this way; DDP, signals, parallel launchers and the first end-to-end run keep a real process."""
-    import contextlib
     import importlib
+
+    main = importlib.import_module(f"mnist99.cli.{command}").main
+    return captured(main, [str(ROOT / f"{command}.py"), *args], cwd)
+
+
+def run_script_in_process(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python scripts/<script>.py ARGS`, run as __main__ inside this process (see run_in_process)."""
+    import runpy
+
+    path = ROOT / "scripts" / f"{script}.py"
+    return captured(lambda: runpy.run_path(str(path), run_name="__main__"), [str(path), *args], cwd)
+
+
+def captured(main, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run main() with sys.argv = argv in cwd; its stdout, stderr and exit status as a finished process's."""
+    import contextlib
     import io
     import traceback
 
-    main = importlib.import_module(f"mnist99.cli.{command}").main
     out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, here = sys.argv, Path.cwd()
+    saved_argv, here = sys.argv, Path.cwd()
     GlobalHydra.instance().clear()
     try:
-        sys.argv = [str(ROOT / f"{command}.py"), *args]
+        sys.argv = list(argv)
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -113,10 +127,10 @@ def run_in_process(command: str, *args: str, cwd: Path = ROOT) -> subprocess.Com
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv = argv
+        sys.argv = saved_argv
         os.chdir(here)
         GlobalHydra.instance().clear()
-    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, run_cli, run_in_process
+from conftest import ROOT, run_in_process
 
 QUICK = ("data.val_size=60", "trainer.max_epochs=1", "model=linear", "trainer.enable_progress_bar=false", "logger=csv")
 
@@ -83,10 +83,11 @@ def test_broken_trees_are_refused_by_name(tree, tmp_path, case, words):
     refused(train(tree, tmp_path, "data.source=null", "data.pypi=false", "data.mirrors=[]"), *words)
 
 
-def test_a_data_dir_that_does_not_exist_and_cannot_be_built(tmp_path):
+def test_a_data_dir_that_does_not_exist_and_cannot_be_built(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / "mnist_png"
-    proc = run_cli(f"data.data_dir={missing}", *QUICK, f"paths.log_dir={tmp_path / 'logs'}", "data.source=null",
-                   "data.pypi=false", "data.mirrors=[]", env={"MNIST99_SOURCE": ""})
+    monkeypatch.setenv("MNIST99_SOURCE", "")
+    proc = run_in_process("train", f"data.data_dir={missing}", *QUICK, f"paths.log_dir={tmp_path / 'logs'}", "data.source=null",
+                          "data.pypi=false", "data.mirrors=[]")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(missing) in proc.stderr, proc.stderr[-3000:]
 
 

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import run_script_in_process
 
 
 def test_benchmark_runs_on_a_tiny_tree(tiny_tree, tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(tiny_tree), "--models", "linear,cnn",
-         "--steps", "2", "--batch-size", "16", "--workers", "0", "--variant", "model.channels_last=true", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_script_in_process("benchmark", "--data-dir", str(tiny_tree), "--models", "linear,cnn", "--steps", "2", "--batch-size", "16",
+                                 "--workers", "0", "--variant", "model.channels_last=true", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["load"]["images"] == 520
@@ -29,11 +24,8 @@ def test_benchmark_runs_on_a_tiny_tree(tiny_tree, tmp_path):
 def test_time_to_accuracy_on_a_tiny_tree(tiny_tree, tmp_path):
     """--tta runs a recipe once per seed and reports when val/acc crossed each threshold (or never)."""
     out = tmp_path / "tta.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(tiny_tree), "--skip-speed",
-         "--tta", "fast", "--seeds", "2", "--set", "data.val_size=60", "--set", "data.batch_size=32", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_script_in_process("benchmark", "--data-dir", str(tiny_tree), "--skip-speed", "--tta", "fast", "--seeds", "2",
+                                 "--set", "data.val_size=60", "--set", "data.batch_size=32", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(out.read_text())["time_to_accuracy"]["fast"]["runs"]
     assert [r["seed"] for r in runs] == [0, 1]

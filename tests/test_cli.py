@@ -69,7 +69,7 @@ def test_tensorboard_events_hold_metrics_and_hparams(finished_run):
 
 
 def test_multirun_two_jobs(tiny_tree, tmp_path):
-    proc = run_cli("-m", "model=linear,mlp", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1",
+    proc = run_in_process("train", "-m", "model=linear,mlp", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1",
                    f"paths.log_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = only((tmp_path / "multirun").iterdir())

@@ -35,7 +35,7 @@ group_choice = st.one_of(
 overrides = st.lists(st.one_of(key_value, group_choice), min_size=1, max_size=4)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides)
 def test_generated_overrides_validate_or_fail_clearly(args):
     try:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_in_process
+from conftest import run_in_process, run_script_in_process
 from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, check, combine
 from mnist99.errors import ConfigError
@@ -78,13 +76,12 @@ def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
                        f"seed={seed}", f"paths.log_dir={logs}", "hydra.run.dir=" + str(logs / f"run{seed}"))
         assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "ens.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ensemble.py"), str(logs / "run0"), str(logs / "run1"),
-                           "--tta", "0,0", "0,1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_script_in_process("ensemble", str(logs / "run0"), str(logs / "run1"), "--tta", "0,0", "0,1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert all(0.5 < result[f"test/acc_member{i}"] <= 1 for i in (0, 1))  # last.ckpt of each run
     assert 0.5 < result["test/acc"] <= 1 and "| ensemble, 2 shifts |" in proc.stdout
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "ensemble.py"), str(tmp_path)], capture_output=True, text=True)
+    missing = run_script_in_process("ensemble", str(tmp_path))
     assert missing.returncode != 0 and "config.yaml is missing" in missing.stderr and "Traceback" not in missing.stderr
 
 

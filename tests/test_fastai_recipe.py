@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from conftest import ROOT
+from conftest import run_script_in_process
 from torch import nn
 
 from mnist99.build import build_model
@@ -176,11 +174,8 @@ def test_side_by_side_script_runs_both_and_tabulates(tiny_tree, tmp_path):
     fake.write_text(FAKE_FASTAI)
     fake.chmod(0o755)
     out = tmp_path / "side"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "blog_side_by_side.py"), "--epochs", "2", "--data-dir", str(tiny_tree),
-         "--fastai-python", str(fake), "--out", str(out), "--set", "trainer.limit_train_batches=2"],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = run_script_in_process("blog_side_by_side", "--epochs", "2", "--data-dir", str(tiny_tree), "--fastai-python", str(fake),
+                                 "--out", str(out), "--set", "trainer.limit_train_batches=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "side_by_side.json").read_text())
     mnist99, fastai = report["results"].values()

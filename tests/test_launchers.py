@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_in_process
 
 TINY = ("data.val_size=60", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv")
 
@@ -63,7 +63,7 @@ def test_optuna_search_resumes_to_its_total(tiny_tree, tmp_path):
     first.wait()
     before = finished(db)
     assert 2 <= before < 6
-    proc = subprocess.run(optuna_cmd(tiny_tree, tmp_path, db), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_in_process("train", *optuna_cmd(tiny_tree, tmp_path, db)[2:], cwd=tmp_path)  # the same command, started again
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert finished(db) == 6
     sweeps = sorted((tmp_path / "multirun").iterdir())
@@ -80,7 +80,7 @@ def test_a_diverged_trial_reports_the_worst_value(tiny_tree, tmp_path):
         "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    n_trials: 2\n    sampler:\n      seed: 1231\n"
         "    params:\n      optimizer.lr: choice(0.05, 10000000.0)\n      optimizer.weight_decay: 0.0\n"
         "      data.batch_size: 32\n      model: mlp\n")
-    proc = run_cli("-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=lr_pair", "optimizer=sgd",
+    proc = run_in_process("train", "-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=lr_pair", "optimizer=sgd",
                    "scheduler=none", "model=mlp", f"data.data_dir={tiny_tree}", *TINY, f"paths.log_dir={tmp_path}")
     sweep, states = statuses(tmp_path)
     assert sorted(states) == ["completed", "diverged"] and proc.returncode == 1, proc.stderr[-3000:]

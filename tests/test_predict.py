@@ -16,7 +16,7 @@ from mnist99.data.digit_image import to_mnist
 def real_run(real_subset, tmp_path_factory):
     """experiment=fast trained on the 4000-image real subset (~97% test accuracy)."""
     logs = tmp_path_factory.mktemp("predictlogs")
-    proc = run_in_process("train", "experiment=fast", f"data.data_dir={real_subset}", "data.val_size=0", "trainer.max_epochs=3",
+    proc = run_in_process("train", "experiment=fast", f"data.data_dir={real_subset}", "data.val_size=0", "trainer.max_epochs=3", "trainer.precision=32",
                    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none", f"paths.log_dir={logs}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (logs / "runs").iterdir()

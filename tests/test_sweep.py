@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, run_in_process
+from conftest import run_in_process, run_script_in_process
 from mnist99.sweep import collect, seed_groups, write_summary
 
 
@@ -69,9 +67,9 @@ def test_reference_column_when_recipes_name_one(tmp_path):
 
 
 def test_summarize_script_and_its_error(sweep, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)], capture_output=True, text=True)
+    proc = run_script_in_process("summarize", str(sweep))
     assert proc.returncode == 0 and "| 4 | model=mlp optimizer.lr=100 | diverged |" in proc.stdout
-    empty = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(tmp_path)], capture_output=True, text=True)
+    empty = run_script_in_process("summarize", str(tmp_path))
     assert empty.returncode != 0 and "no job folders" in empty.stderr and "Traceback" not in empty.stderr
 
 
