@@ -78,10 +78,10 @@ def shared_mnist() -> Path:
     return SHARED_MNIST
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python train.py ARGS` as a user would; returns the finished process."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` in a new interpreter, as a user would; returns the finished process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def run_in_process(command: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
