@@ -25,20 +25,23 @@ from mnist99.errors import DivergedError, Interrupted
 
 class TimeToAccuracy(L.Callback):
     """The training seconds (since fit started, validation included) at which `val/acc` first
-    reached each threshold; checked at every validation."""
+    reached each threshold, checked at every validation; and `curve`, every validation's
+    (seconds, val/acc)."""
 
     def __init__(self, thresholds: Sequence[float] = (0.99, 0.995)):
         self.thresholds = tuple(thresholds)
         self.reached: dict[float, float] = {}
+        self.curve: list[tuple[float, float]] = []  # (seconds, val/acc) at every validation
         self.start = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start, self.reached = time.perf_counter(), {}
+        self.start, self.reached, self.curve = time.perf_counter(), {}, []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         acc = trainer.callback_metrics.get("val/acc")
         if trainer.sanity_checking or acc is None:
             return
+        self.curve.append((time.perf_counter() - self.start, float(acc)))
         for t in self.thresholds:
             if t not in self.reached and float(acc) >= t:
                 self.reached[t] = time.perf_counter() - self.start
@@ -102,12 +105,39 @@ class EMA(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
 
+    @property
+    def started(self) -> bool:
+        """Has the average taken in any weights yet? Before `start_step` it holds the initial
+        (random) ones, which Lightning's WeightAveraging would validate, save and end the run with."""
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    # Until averaging starts, the raw weights are the model: validated, saved and kept at the end.
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started:  # no training step runs in between: the same answer as at the start
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started:
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.started:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Resuming a fit restores both the raw and the averaged weights. Testing a checkpoint must
         # evaluate its averaged weights (its state_dict), but Lightning's version would put the raw
         # training weights back into the model whenever this callback is attached.
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if "current_model_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        elif self._average_model is not None:  # saved before averaging started: it starts afresh at start_step
+            self._average_model.module.load_state_dict(checkpoint["state_dict"], strict=False)
 
 
 class StopOnDivergence(L.Callback):

@@ -53,6 +53,23 @@ def mode(metric: str) -> str:
     return "min" if "loss" in str(metric) else "max"
 
 
+def fastest_precision(accelerator: str = "auto") -> str:
+    """`bf16-mixed` where the hardware computes bfloat16 natively, else `32-true`.
+
+    A GPU with bfloat16 (Ampere or later) and a CPU with AVX-512 or AMX run bf16 autocast faster
+    than float32; on an AVX2 CPU oneDNN emulates it, and the same epoch takes about 5x longer
+    (measured on an AMD EPYC)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Does PyTorch run this CPU's kernels with AVX-512 (which AMX CPUs have too)? oneDNN's bf16
+    kernels need it; with AVX2 they are emulated."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mnist99.new_folder"):
         OmegaConf.register_new_resolver("mnist99.new_folder", new_folder)
@@ -64,6 +81,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mnist99.mode", mode)
     if not OmegaConf.has_resolver("mnist99.direction"):
         OmegaConf.register_new_resolver("mnist99.direction", lambda metric: mode(metric) + "imize")
+    if not OmegaConf.has_resolver("mnist99.fastest_precision"):
+        OmegaConf.register_new_resolver("mnist99.fastest_precision", fastest_precision)
 
 
 def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:

@@ -3,6 +3,7 @@ the command-line overrides, the package versions, and at the end its status and 
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -20,8 +21,21 @@ COMMAND: str | None = None
 PACKAGES = ("mnist99", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf", "tensorboard", "numpy", "pillow")
 
 
+def machine() -> str:
+    """The CPU by name, its cores and vector instructions, and the GPU if one is visible: timings
+    mean nothing without them."""
+    import torch
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()}){gpu}"
+
+
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    out = {"python": platform.python_version(), "platform": platform.platform(), "machine": machine()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)

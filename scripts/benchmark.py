@@ -15,7 +15,14 @@ Figures:
   trainer.precision=bf16-mixed, model.compile=true) measured inside Lightning beside the plain run,
   with the seconds its first steps took (torch.compile compiles there);
 - time to accuracy (--tta fast,accurate --seeds 5): training seconds until val/acc first reaches
-  99.0% / 99.5% (checked at each validation), and the final test accuracy, per recipe over seeds.
+  99.0% / 99.5% (checked at each validation), and the final test accuracy, per recipe over seeds;
+- the time-to-accuracy figure (--plot docs/time_to_accuracy.png): test accuracy against training
+  seconds per recipe, mean and spread over seeds, from the --tta runs or from finished runs
+  (--runs outputs/multirun/A outputs/multirun/B, every completed run under them, grouped by
+  experiment), with other tools' points beside them (--peer 'LABEL=SECONDS:ACCURACY').
+
+    python scripts/benchmark.py --runs outputs/multirun/<fast> outputs/multirun/<accurate> outputs/multirun/<best> \
+        --plot docs/time_to_accuracy.png --peer 'fastai ResNet-18, 1 epoch=860:98.89'
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,16 +41,12 @@ import torch  # noqa: E402
 
 from mnist99.data.datamodule import MNISTDataModule, to_model_input  # noqa: E402
 from mnist99.data.pngtree import decode_split, list_split  # noqa: E402
+from mnist99 import time_to_accuracy as tta  # noqa: E402
+from mnist99.run_info import machine  # noqa: E402
 
-MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
+MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
 # The speed switches of a GPU, each measured against the plain float32 run (TF32 convolutions).
 GPU_VARIANTS = ["trainer.precision=bf16-mixed", "trainer.precision=16-mixed", "trainer.benchmark=true", "model.compile=true"]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def load_times(data_dir: Path) -> dict:
@@ -198,6 +200,8 @@ def training_rates(model: str, data_dir: Path, batch_size: int, steps: int, vari
 
 
 def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[str], thresholds=(0.99, 0.995)) -> dict:
+    """Each seed of `experiment` trained in-process: seconds to each val/acc threshold, the
+    validation curve, fit seconds and test accuracy."""
     from mnist99.callbacks import TimeToAccuracy
     from mnist99.pipeline import train
 
@@ -207,7 +211,8 @@ def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[st
         cfg = compose_cfg(f"experiment={experiment}", f"seed={seed}", f"data.data_dir={data_dir}", *extra)
         metrics = train(cfg, extra_callbacks=[clock])
         runs.append({"seed": seed, "test_acc": metrics.get("test/acc"), "fit_s": metrics["fit_seconds"],
-                     **{f"s_to_{t}": clock.reached.get(t) for t in thresholds}})
+                     **{f"s_to_{t}": clock.reached.get(t) for t in thresholds},
+                     "curve": clock.curve if cfg.data.val_size == 0 else []})  # val is testing/ only then
         print(f"  {experiment} seed {seed}: {runs[-1]}", file=sys.stderr)
     return {"runs": runs, "thresholds": list(thresholds)}
 
@@ -236,8 +241,19 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
                    help="space-separated overrides measured beside each model's plain run (repeatable)")
     p.add_argument("--gpu", action="store_true", help="on the GPU: its speed switches as variants, sized for ~5 minutes")
+    p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="DIR",
+                   help="finished runs to summarise and plot instead of training (folders searched for run.yaml)")
+    p.add_argument("--plot", type=Path, default=None, help="write the time-to-accuracy figure here (PNG)")
+    p.add_argument("--peer", action="append", default=[], metavar="LABEL=SECONDS:ACCURACY",
+                   help="another tool's result to draw beside the recipes, accuracy in %% (repeatable)")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default outputs/benchmark/<time>.json)")
     args = p.parse_args()
+    try:
+        peers = [tta.Peer.parse(x) for x in args.peer]
+    except ValueError as e:
+        p.error(str(e))
+    if args.runs:
+        return from_runs(args.runs, args.plot, peers)
     if args.gpu:
         if not torch.cuda.is_available():
             p.error("--gpu: PyTorch sees no CUDA device here")
@@ -256,7 +272,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    result: dict = {"machine": machine(), "batch_size": args.batch_size}
+    result: dict = {"machine": f"{machine()}, torch {torch.__version__}", "batch_size": args.batch_size}
     if not args.skip_speed:
         result["load"] = load_times(args.data_dir)
         fast = tensor_path_rate(args.data_dir, args.batch_size, device)
@@ -284,7 +300,32 @@ def main() -> None:
             acc = f"{accs.mean():.2f} ± {accs.std() if len(runs) > 1 else 0:.2f}%"
             print(f"| {e} | {len(runs)} | {mean_std([x['s_to_0.99'] for x in runs])} | {mean_std([x['s_to_0.995'] for x in runs])} "
                   f"| {mean_std([x['fit_s'] for x in runs])} | {acc} |")
+    if args.plot and result["time_to_accuracy"]:
+        runs = [tta.Run(e, x["seed"], x["test_acc"], x["fit_s"], [tuple(c) for c in x["curve"]])
+                for e, r in result["time_to_accuracy"].items() for x in r["runs"]]
+        write_plot(args.plot, tta.by_recipe(runs), peers, result["machine"])
     print(f"\nJSON: {out}")
+
+
+def from_runs(folders: list[Path], plot: Path | None, peers: list) -> None:
+    """--runs: the recipes' figures from finished runs, as a table and (with --plot) the figure."""
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        sys.exit(f"benchmark.py: error: no such run folder: {', '.join(missing)}")
+    groups = tta.by_recipe(tta.runs_in(folders))
+    if not groups:
+        sys.exit(f"benchmark.py: error: no completed, tested run (run.yaml with test/acc) under {', '.join(map(str, folders))}")
+    print(tta.summary(groups))
+    if plot:
+        write_plot(plot, groups, peers, machine())
+
+
+def write_plot(path: Path, groups: dict, peers: list, where: str) -> None:
+    from mnist99.figures import save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(tta.figure(groups, peers, title=f"test accuracy against training time, {where}"), path)
+    print(f"\nFigure: {path}")
 
 
 def print_speed(result: dict) -> None:

@@ -1,6 +1,7 @@
 """Test the averaged predictions of finished runs, with optional test-time shifts.
 
     python scripts/ensemble.py outputs/runs/A outputs/runs/B outputs/runs/C
+    python scripts/ensemble.py outputs/multirun/<time>          # every job of a sweep
     python scripts/ensemble.py outputs/multirun/<time>/* --tta 0,0 1,0 -1,0 0,1 0,-1 --json ensemble.json
 
 Each run folder's `config.yaml` rebuilds its model, whose weights come from `checkpoints/last.ckpt`
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,13 +32,31 @@ def load_run(run_dir: Path, checkpoint: str):
     return load(run_dir, ckpt)
 
 
-def main() -> None:
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The run folders among `paths`: a sweep's folder stands for its jobs, and files (a sweep's
+    multirun.yaml and summary.*, which `outputs/multirun/<time>/*` also matches) are left out."""
+    out = []
+    for p in paths:
+        if p.is_dir() and not (p / "config.yaml").is_file() and any(p.glob("*/run.yaml")):
+            out += sorted(r.parent for r in p.glob("*/run.yaml"))
+        elif not p.is_file():
+            out.append(p)  # a run folder, or a path that does not exist (load_run names what is missing)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # A shift such as -1,0 is a value, not an option: argparse only knows plain negative numbers.
+    p._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)?$")
     p.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/runs/..., outputs/multirun/.../<n>_...)")
     p.add_argument("--tta", nargs="+", default=["0,0"], metavar="DY,DX", help="whole-pixel shifts averaged at test time")
     p.add_argument("--checkpoint", default="last.ckpt")
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     from hydra.utils import instantiate
 
@@ -46,6 +66,7 @@ def main() -> None:
 
     register_resolvers()
     shifts = [[int(v) for v in s.split(",")] for s in args.tta]
+    args.runs = run_folders(args.runs)
     try:
         runs = [load_run(r, args.checkpoint) for r in args.runs]
         cfg = runs[0][0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_script_in_process
 
 
@@ -31,3 +33,52 @@ def test_time_to_accuracy_on_a_tiny_tree(tiny_tree, tmp_path):
     assert [r["seed"] for r in runs] == [0, 1]
     assert all(0 <= r["test_acc"] <= 1 and r["fit_s"] > 0 and "s_to_0.99" in r for r in runs)
     assert "| fast | 2 |" in proc.stdout
+
+
+def fake_run(folder, experiment, seed, test_acc, fit_s, curve, val_size=0):
+    """A finished run as train.py leaves it: run.yaml, config.yaml and TensorBoard scalars."""
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.mkdir(parents=True)
+    (folder / "run.yaml").write_text(yaml.safe_dump({"status": "completed", "choices": {"experiment": experiment},
+                                                     "metrics": {"test/acc": test_acc, "fit_seconds": fit_s}}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "task_name": experiment, "data": {"val_size": val_size}}))
+    with SummaryWriter(str(folder)) as w:
+        for epoch, (seconds, acc) in enumerate(curve):
+            w.add_scalar("val/acc", acc, epoch)
+            w.add_scalar("time/epoch_seconds", seconds, epoch)
+
+
+def test_time_to_accuracy_figure_from_finished_runs(tmp_path):
+    """--runs groups finished runs by experiment (mean ± std, lowest, median fit), reads each
+    curve from its TensorBoard scalars, and --plot draws them with the peers' points."""
+    from mnist99.time_to_accuracy import by_recipe, mean_curve, runs_in
+
+    sweeps = tmp_path / "multirun"
+    fake_run(sweeps / "a" / "0_seed=0", "fast", 0, 0.9910, 10.0, [(10.0, 0.9910)])
+    fake_run(sweeps / "a" / "1_seed=1", "fast", 1, 0.9930, 12.0, [(12.0, 0.9930)])
+    fake_run(sweeps / "b" / "0_seed=0", "accurate", 0, 0.9960, 160.0, [(80.0, 0.9900), (80.0, 0.9960)])
+    fake_run(sweeps / "b" / "1_seed=1", "accurate", 1, 0.9950, 170.0, [(90.0, 0.9920), (80.0, 0.9950)])
+    fake_run(sweeps / "c" / "0_held_out", "accurate", 2, 0.9940, 150.0, [(75.0, 0.98)], val_size=5000)
+    (sweeps / "d" / "0_failed").mkdir(parents=True)
+    (sweeps / "d" / "0_failed" / "run.yaml").write_text("status: failed\n")
+
+    groups = by_recipe(runs_in([sweeps]))
+    assert list(groups) == ["fast", "accurate"]  # by training time; the failed run left out
+    assert [r.seed for r in groups["accurate"]] == [0, 1, 2]
+    assert groups["accurate"][2].curve == []  # validated on a hold-out: not a test-accuracy curve
+    secs, mean, lo, hi = mean_curve(groups["accurate"])
+    assert secs == pytest.approx([85.0, 165.0]) and mean == pytest.approx([99.1, 99.55]) and (lo[1], hi[1]) == pytest.approx((99.5, 99.6))
+
+    png = tmp_path / "docs" / "tta.png"
+    proc = run_script_in_process("benchmark", "--runs", str(sweeps), "--plot", str(png), "--peer", "fastai ResNet-18=860:98.89")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| fast | 0, 1 | 99.20 ± 0.14% | 99.10% | 11.0 ± 1.4 | 11.0 |" in proc.stdout
+    assert "| accurate | 0, 1, 2 | 99.50 ± 0.10% | 99.40% |" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    bad = run_script_in_process("benchmark", "--runs", str(sweeps), "--peer", "fastai 860 98.89")
+    assert bad.returncode != 0 and "LABEL=SECONDS:ACCURACY" in bad.stderr and "Traceback" not in bad.stderr
+    empty = run_script_in_process("benchmark", "--runs", str(tmp_path / "nothing"))
+    assert empty.returncode != 0 and "no such run folder" in empty.stderr

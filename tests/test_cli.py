@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from importlib import metadata
 
@@ -37,6 +38,7 @@ def test_run_prints_summary_and_records_itself(finished_run):
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 2
     assert record["versions"]["torch"] == metadata.version("torch")
+    assert f"{os.cpu_count()} cores" in record["versions"]["machine"]  # timings name the machine they were taken on
     assert record["metrics"]["test/acc"] > 0.2  # 6 steps on the tiny tree: 0.34 here, where chance is 0.1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["_target_"].endswith("Classifier")
     assert "trainer.max_epochs=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()

@@ -116,6 +116,40 @@ def test_every_experiment_composes(make_cfg, experiment):
     build_model(cfg)
 
 
+@pytest.mark.parametrize("native_bf16, precision", [(True, "bf16-mixed"), (False, "32-true")])
+def test_fast_recipes_use_bfloat16_only_where_the_cpu_has_it(make_cfg, monkeypatch, native_bf16, precision):
+    """On an AVX2 CPU bf16 autocast is emulated (~5x slower): the recipes fall back to float32."""
+    from mnist99 import config
+
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: native_bf16)
+    for experiment in ("fast", "accurate", "best"):
+        cfg = make_cfg(f"experiment={experiment}", "trainer.accelerator=cpu", val_size=None)
+        assert cfg.trainer.precision == precision, experiment
+    # a user's own choice wins
+    assert make_cfg("experiment=fast", "trainer.accelerator=cpu", "trainer.precision=32-true").trainer.precision == "32-true"
+
+
+def test_the_cpu_recipes(make_cfg):
+    """What the README promises of each recipe: its net, its epochs, all 60,000 training images
+    (validation on testing/ draws the curve only), the final weights tested."""
+    from mnist99.models.nets import LeNet, StridedCNN
+
+    expected = {"fast": (LeNet, 1, None), "accurate": (LeNet, 8, "shift"), "best": (StridedCNN, None, "affine")}
+    for experiment, (net, epochs, augment) in expected.items():
+        cfg = make_cfg(f"experiment={experiment}", val_size=None)
+        assert cfg.data.val_size == 0 and cfg.model.label_smoothing == 0.1, experiment
+        assert isinstance(build_model(cfg).net, net), experiment
+        assert epochs is None or cfg.trainer.max_epochs == epochs
+        if augment is None:
+            assert not cfg.get("augment"), experiment
+        else:  # shift: whole pixels only; affine: rotations too
+            assert cfg.augment.shift > 0 and (cfg.augment.degrees > 0) == (augment == "affine"), experiment
+    ensemble = make_cfg("experiment=ensemble", val_size=None)
+    best = make_cfg("experiment=best", val_size=None)
+    assert ensemble.ensemble.members == 3 and [0, 0] in ensemble.ensemble.tta_shifts
+    assert ensemble.model == best.model and ensemble.trainer.max_epochs == best.trainer.max_epochs
+
+
 def test_linear_scratch_selects_plain_sgd(make_cfg):
     cfg = make_cfg("model=linear_scratch")
     assert cfg.optimizer._target_ == "torch.optim.SGD" and not cfg.scheduler

@@ -76,7 +76,7 @@ def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
                        f"seed={seed}", f"paths.log_dir={logs}", "hydra.run.dir=" + str(logs / f"run{seed}"))
         assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "ens.json"
-    proc = run_script_in_process("ensemble", str(logs / "run0"), str(logs / "run1"), "--tta", "0,0", "0,1", "--json", str(out))
+    proc = run_script_in_process("ensemble", str(logs / "run0"), str(logs / "run1"), "--tta", "0,0", "0,-1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert all(0.5 < result[f"test/acc_member{i}"] <= 1 for i in (0, 1))  # last.ckpt of each run
@@ -107,9 +107,55 @@ def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
     assert metrics["test/acc"] > 0.5
 
 
+def test_ema_before_its_start_leaves_the_raw_weights(make_cfg):
+    """Until averaging starts the average holds the initial weights: validating, saving or ending
+    with them would show a random model (8.9% on the first epochs of a real run)."""
+    from mnist99.pipeline import fit_and_test
+
+    base = ("model=cnn", "trainer.max_epochs=2", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
+            "trainer.enable_progress_bar=false", "callbacks=none", "data.val_size=0")
+    plain_metrics, plain, _ = fit_and_test(make_cfg(*base))
+    ema = EMA(decay=0.9, start_step=10_000)
+    metrics, model, _ = fit_and_test(make_cfg(*base), extra_callbacks=[ema])
+    assert not ema.started
+    assert torch.equal(model.net[0][0].weight, plain.net[0][0].weight)  # the trained weights, not the initial ones
+    assert metrics["val/acc"] == plain_metrics["val/acc"] and metrics["test/acc"] == plain_metrics["test/acc"] > 0.3
+
+
 def test_ema_schedule():
     ema = EMA(decay=0.99, start_step=10, every_n_steps=2)
     assert not ema.should_update(step_idx=8) and ema.should_update(step_idx=10) and not ema.should_update(step_idx=11)
     assert not ema.should_update(epoch_idx=3)
     with pytest.raises(ValueError):
         EMA(decay=1.5)
+
+
+def test_ensemble_script_reads_negative_shifts():
+    """`--tta 0,0 1,0 -1,0 0,1 0,-1`, as the README writes it: -1,0 is a shift, not an option."""
+    import runpy
+
+    from conftest import ROOT
+
+    parser = runpy.run_path(str(ROOT / "scripts" / "ensemble.py"))["parser"]()
+    args = parser.parse_args(["runs/a", "runs/b", "--tta", "0,0", "1,0", "-1,0", "0,1", "0,-1", "--json", "e.json"])
+    assert args.tta == ["0,0", "1,0", "-1,0", "0,1", "0,-1"] and [str(r) for r in args.runs] == ["runs/a", "runs/b"]
+
+
+def test_ensemble_script_takes_a_sweep_folder_or_its_glob(tmp_path):
+    """`outputs/multirun/<time>` stands for its jobs, and `<time>/*` leaves out the sweep's files."""
+    import runpy
+
+    from conftest import ROOT
+
+    run_folders = runpy.run_path(str(ROOT / "scripts" / "ensemble.py"))["run_folders"]
+    sweep = tmp_path / "sweep"
+    for job in ("0_seed=0", "1_seed=1"):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "run.yaml").write_text("status: completed\n")
+        (sweep / job / "config.yaml").write_text("seed: 0\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (sweep / "summary.md").write_text("# Sweep\n")
+    jobs = [sweep / "0_seed=0", sweep / "1_seed=1"]
+    assert run_folders([sweep]) == jobs
+    assert run_folders(sorted(sweep.iterdir())) == jobs
+    assert run_folders([tmp_path / "missing"]) == [tmp_path / "missing"]  # left for load_run to name

@@ -10,10 +10,10 @@ import torch
 from mnist99.errors import ConfigError
 from mnist99.models.classifier import ScratchLinear
 from mnist99.models.classifier import Classifier
-from mnist99.models.nets import FastCNN, StackCNN, count_macs
+from mnist99.models.nets import FastCNN, LeNet, StackCNN, StridedCNN, count_macs
 from mnist99.pipeline import train
 
-MODELS = ["linear_scratch", "linear", "mlp", "cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
+MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -85,6 +85,19 @@ def test_time_to_accuracy_records_the_first_crossing(monkeypatch):
         clock.on_validation_end(trainer, None)
     # 0.9 first crossed at the 2nd validation (not moved by the dip and the later crossing)
     assert clock.reached == {0.9: 2.0, 0.99: 4.0}
+    assert [v for point in clock.curve for v in point] == pytest.approx([1.0, 0.5, 2.0, 0.95, 3.0, 0.92, 4.0, 0.995])
+
+
+def test_lenet_and_strided_cnn_shapes_and_costs():
+    """The sizes the README gives: LeNet 28 -> 24 -> 12 -> 10 -> 5 pixels under 800 hidden inputs,
+    StridedCNN 28 -> 24 -> 12 -> 8 -> 4; their multiply-adds per image."""
+    lenet, strided = LeNet(), StridedCNN()
+    assert lenet(torch.zeros(2, 1, 28, 28)).shape == strided(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert lenet[7].in_features == 32 * 5 * 5 and strided[7].in_features == 64 * 4 * 4
+    assert 1.2e6 < count_macs(lenet) < 1.3e6 and 15e6 < count_macs(strided) < 15.5e6
+    assert 2.6e6 < count_macs(LeNet(widths=(32, 64))) < 2.8e6  # experiment=accurate's
+    with pytest.raises(ValueError, match="at least"):
+        LeNet(image_size=8)
 
 
 def test_stack_cnn_is_an_et_al_m3():
