@@ -80,6 +80,11 @@ def runs_in(folders: Iterable[Path]) -> list[Run]:
     return runs
 
 
+def spread(values: Sequence[float]) -> float:
+    """The sample standard deviation, 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def by_recipe(runs: Sequence[Run]) -> dict[str, list[Run]]:
     """Runs grouped by recipe, the groups in order of their mean training seconds."""
     groups: dict[str, list[Run]] = {}
@@ -93,10 +98,9 @@ def summary(groups: dict[str, list[Run]]) -> str:
     lines = ["| recipe | seeds | test/acc mean ± std | lowest | fit s mean ± std | median fit s |", "| --- | --- | --- | --- | --- | --- |"]
     for recipe, runs in groups.items():
         accs, secs = [r.test_acc * 100 for r in runs], [r.fit_s for r in runs]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         seeds = ", ".join(str(r.seed) for r in runs)
-        lines.append(f"| {recipe} | {seeds} | {statistics.fmean(accs):.2f} ± {sd(accs):.2f}% | {min(accs):.2f}% "
-                     f"| {statistics.fmean(secs):.1f} ± {sd(secs):.1f} | {statistics.median(secs):.1f} |")
+        lines.append(f"| {recipe} | {seeds} | {statistics.fmean(accs):.2f} ± {spread(accs):.2f}% | {min(accs):.2f}% "
+                     f"| {statistics.fmean(secs):.1f} ± {spread(secs):.1f} | {statistics.median(secs):.1f} |")
     return "\n".join(lines)
 
 
@@ -126,10 +130,9 @@ def figure(groups: dict[str, list[Run]], peers: Sequence[Peer] = (), title: str 
             ax.plot(secs, mean, color=color, lw=1.2, alpha=0.8)
             ax.fill_between(secs, lo, hi, color=color, alpha=0.15, lw=0)
         accs, fits = [r.test_acc * 100 for r in runs], [r.fit_s for r in runs]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         m = statistics.fmean(accs)
-        ax.errorbar(statistics.fmean(fits), m, xerr=sd(fits), yerr=sd(accs), fmt="o", color=color, capsize=3,
-                    label=f"{recipe}: {m:.2f} ± {sd(accs):.2f}% in {statistics.fmean(fits):,.0f} s ({len(runs)} seeds)")
+        ax.errorbar(statistics.fmean(fits), m, xerr=spread(fits), yerr=spread(accs), fmt="o", color=color, capsize=3,
+                    label=f"{recipe}: {m:.2f} ± {spread(accs):.2f}% in {statistics.fmean(fits):,.0f} s ({len(runs)} seeds)")
         lowest = min(lowest, min(accs))  # early epochs may fall below the axis: the finish is what counts
     for p in peers:
         ax.plot(p.seconds, p.accuracy, marker="s", color="0.35", ls="none")
