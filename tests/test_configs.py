@@ -144,6 +144,9 @@ def test_the_cpu_recipes(make_cfg):
             assert not cfg.get("augment"), experiment
         else:  # shift: whole pixels only; affine: rotations too
             assert cfg.augment.shift > 0 and (cfg.augment.degrees > 0) == (augment == "affine"), experiment
+    # fast narrows lenet to stay under 12 s on a 2-core CPU; accurate widens it
+    assert list(make_cfg("experiment=fast").model.net.widths) == [16, 32]
+    assert list(make_cfg("experiment=accurate").model.net.widths) == [32, 64]
     ensemble = make_cfg("experiment=ensemble", val_size=None)
     best = make_cfg("experiment=best", val_size=None)
     assert ensemble.ensemble.members == 3 and [0, 0] in ensemble.ensemble.tta_shifts

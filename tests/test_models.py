@@ -96,6 +96,7 @@ def test_lenet_and_strided_cnn_shapes_and_costs():
     assert lenet[7].in_features == 32 * 5 * 5 and strided[7].in_features == 64 * 4 * 4
     assert 1.2e6 < count_macs(lenet) < 1.3e6 and 15e6 < count_macs(strided) < 15.5e6
     assert 2.6e6 < count_macs(LeNet(widths=(32, 64))) < 2.8e6  # experiment=accurate's
+    assert 0.85e6 < count_macs(LeNet(widths=(16, 32))) < 0.95e6  # experiment=fast's
     with pytest.raises(ValueError, match="at least"):
         LeNet(image_size=8)
 
