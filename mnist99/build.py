@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +14,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig
 
 from mnist99 import ddp_sweep
+from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
+from mnist99.run_info import save_config
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:
@@ -30,20 +33,39 @@ def choices(cfg: DictConfig | None = None) -> dict[str, str]:
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule. model.num_classes left null is the number of class folders of the
+    data's training split (build_datamodule has set it in a run)."""
+    if cfg.model.get("num_classes") is None:
+        cfg.model.num_classes = count_classes(cfg)
     optimizer, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
     extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
     return instantiate(cfg.model, optimizer=optimizer, decay_norm_and_bias=decay_norm_and_bias, **extra)
 
 
+def count_classes(cfg: DictConfig) -> int:
+    data_dir = Path(cfg.data.data_dir).expanduser()
+    splits = find_splits(data_dir, cfg.data.get("train_dir"), cfg.data.get("test_dir"))
+    if splits is None:
+        raise ConfigError(f"model.num_classes is null (one output per class folder), but {data_dir} holds no training "
+                          "split to count them in yet: set model.num_classes, or prepare the data first.")
+    return sum(1 for e in os.scandir(splits[0]) if e.is_dir() and not e.name.startswith("."))
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The datamodule, its data prepared and read, checked against model.num_classes."""
+    """The datamodule, its data prepared and read. The model is sized from it: model.num_classes
+    (null) becomes the number of class folders, or is checked against it; the run's config.yaml
+    is written again with that number, for eval.py and predict.py."""
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if len(datamodule.classes) != cfg.model.num_classes:
+    found = len(datamodule.classes)
+    if cfg.model.get("num_classes") is None:
+        cfg.model.num_classes = found
+        save_config(cfg)
+    elif found != cfg.model.num_classes:
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but {cfg.data.data_dir} holds "
-            f"{len(datamodule.classes)} classes {list(datamodule.classes)}; set model.num_classes to match."
+            f"{found} classes {list(datamodule.classes)}; set model.num_classes={found}, or null to count them."
         )
     return datamodule
 

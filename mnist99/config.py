@@ -98,6 +98,10 @@ def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict:
         raise ConfigError(f"{key}={value!r} is impossible: it must be {need} {bound}. {hint}")
 
 
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, ListConfig) else [value]
+
+
 def _fractions(cfg: DictConfig, key: str, hint: str, count: int | None = None) -> None:
     """A number in [0, 1), or a list of `count` of them."""
     value = OmegaConf.select(cfg, key)
@@ -128,18 +132,28 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and (OmegaConf.is_missing(data, "data_dir") or data.get("data_dir") is None):
+        raise ConfigError("data=folder trains on your own image folder, and none was given: add data.data_dir=/path/to/folder "
+                          "(holding train/ and test/ or valid/, one sub-folder of images per class). Without data=folder, "
+                          "mnist99 trains on MNIST.")
     _number(cfg, "optimizer.lr", integer=False, minimum=0, strict=True, hint="Try e.g. optimizer.lr=0.001.")
     _number(cfg, "optimizer.weight_decay", integer=False, minimum=0, hint="0 turns weight decay off.")
     _number(cfg, "data.batch_size", integer=True, minimum=1, hint="Try e.g. data.batch_size=128.")
     _number(cfg, "data.val_size", integer=True, minimum=0, hint="0 validates on testing/.")
     _number(cfg, "data.num_workers", integer=True, minimum=0, hint="0 loads batches in the main process.")
     _number(cfg, "trainer.max_epochs", integer=True, minimum=1, hint="Try e.g. trainer.max_epochs=3.")
-    _number(cfg, "model.num_classes", integer=True, minimum=2, hint="MNIST has 10.")
-    _number(cfg, "model.in_channels", integer=True, minimum=1, hint="1 (grey) or 3 (grey repeated, as the blog).")
+    _number(cfg, "model.num_classes", integer=True, minimum=2, hint="null counts the class folders of the data (MNIST has 10).")
+    _number(cfg, "model.in_channels", integer=True, minimum=1, hint="1 (grey) or 3 (colour, or grey repeated as the blog).")
+    _number(cfg, "data.image_size", integer=True, minimum=1, hint="Every image is resized to it; MNIST's is 28.")
     _number(cfg, "seed", integer=True, minimum=0, hint="Any non-negative integer.")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         _number(cfg, f"trainer.{key}", integer=False, minimum=0, hint="A fraction (0.1), a batch count (20), or 0 to skip.")
-    _number(cfg, "data.std", integer=False, minimum=0, strict=True, hint="MNIST's is 0.3081.")
+    for std in _as_list(OmegaConf.select(cfg, "data.std")):
+        if isinstance(std, bool) or not isinstance(std, numbers.Real) or std <= 0:
+            raise ConfigError(f"data.std={OmegaConf.to_container(cfg.data.std) if isinstance(cfg.data.std, ListConfig) else cfg.data.std!r} "
+                              "is impossible: a std is a number greater than 0, or one per channel (MNIST's is 0.3081), "
+                              "or null for the training images' own.")
     _number(cfg, "optimizer.eps", integer=False, minimum=0, strict=True, hint="torch's default is 1e-8, fastai's 1e-5.")
     for key in ("div_factor", "final_div_factor"):
         _number(cfg, f"scheduler.{key}", integer=False, minimum=0, strict=True, hint="fastai's one-cycle uses 25 and 4000.")

@@ -39,7 +39,10 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
     check_fits(state, model, ckpt)
     model.load_state_dict(state["state_dict"])
     # the class folder names the datamodule saved (checkpoints from before it did: none)
-    model.trained_classes = [str(c) for c in (state.get("MNISTDataModule") or {}).get("classes", [])]
+    data_state = state.get("MNISTDataModule") or {}
+    model.trained_classes = [str(c) for c in data_state.get("classes", [])]
+    # the training images' own mean and std where the config left them null (data=folder)
+    model.data_stats = {k: data_state.get(k) for k in ("mean", "std")}
     return cfg, model.eval()
 
 

@@ -24,7 +24,7 @@ from mnist99.build import build_callbacks, build_datamodule, build_loggers, buil
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import drop_sync_batchnorm_on_cpu, share_machine, validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
-from mnist99.run_info import RunRecord
+from mnist99.run_info import RunRecord, save_config
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -111,6 +111,9 @@ def train_ensemble(cfg: DictConfig) -> dict:
         member.ensemble.members = 1
         log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
         metrics, model, datamodule = fit_and_test(member)
+        if cfg.model.get("num_classes") is None:  # counted from the data by the first member
+            cfg.model.num_classes = member.model.num_classes
+            save_config(cfg)
         if "test/acc" not in metrics:  # interrupted: report what is finished
             break
         best.append(metrics.get("val/acc_best", math.nan))

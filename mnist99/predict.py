@@ -1,7 +1,9 @@
-"""Classify your own digit pictures with a trained run: one answer per image, optionally a CSV
-(the library of `python predict.py`, mnist99.cli.predict).
+"""Classify your own pictures with a trained run: one answer per image, named by the run's class
+folders, optionally a CSV (the library of `python predict.py`, mnist99.cli.predict).
 
-Any size and colour mode is brought to the training format (mnist99/data/digit_image.py)."""
+Any size and colour mode is brought to the training format: a digit is framed as MNIST frames its
+digits (mnist99/data/digit_image.py) for a run on MNIST (data=mnist); for a run on another folder
+(data=folder) each picture is converted and resized as its training images were."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from typing import Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnist99.data.datamodule import to_model_input
+from mnist99.data.datamodule import to_model_input, to_uint8
 from mnist99.data.digit_image import to_mnist
+from mnist99.data.imagetree import IMAGE_SUFFIXES
 from mnist99.errors import ConfigError
 from mnist99.evaluate import load, locate
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SUFFIXES = {*IMAGE_SUFFIXES, ".gif"}  # what a run trains on, and GIFs
 
 
 def image_paths(inputs: str | Sequence[str]) -> list[Path]:
@@ -28,28 +31,29 @@ def image_paths(inputs: str | Sequence[str]) -> list[Path]:
     for item in (s.strip() for s in items if s.strip()):
         p = Path(item).expanduser()
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
         elif p.is_file():
             paths.append(p)
         else:
             raise ConfigError(f"inputs: {p} does not exist. Pass image files or folders, comma-separated.")
     if not paths:
-        raise ConfigError(f"inputs={inputs}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise ConfigError(f"inputs={inputs}: no images found (looked for {', '.join(sorted(SUFFIXES))}).")
     return paths
 
 
-def read_images(paths: list[Path], size: int) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """(readable paths, uint8 (N, size, size), one line per unreadable file)."""
+def read_images(paths: list[Path], size: int, channels: int = 1, digits: bool = True) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """(readable paths, uint8 (N, channels, size, size), one line per unreadable file). digits:
+    framed as MNIST digits (grey); else converted and resized as a data=folder run's images."""
     ok, arrays, bad = [], [], []
     for p in paths:
         try:
             with Image.open(p) as img:
                 img.load()
-                arrays.append(torch.from_numpy(to_mnist(img, size)))
+                arrays.append(torch.from_numpy(to_mnist(img, size))[None] if digits else to_uint8(img, size, channels))
             ok.append(p)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             bad.append(f"{p}: not a readable image ({type(e).__name__}: {e})")
-    return ok, torch.stack(arrays) if arrays else torch.empty(0, size, size, dtype=torch.uint8), bad
+    return ok, torch.stack(arrays) if arrays else torch.empty(0, channels, size, size, dtype=torch.uint8), bad
 
 
 @torch.no_grad()
@@ -60,9 +64,16 @@ def predict(target: str, inputs: str | Sequence[str], batch_size: int = 512) -> 
     run_dir, ckpt = locate(target)
     cfg, model = load(run_dir, ckpt)
     data = cfg.data
-    paths, images, bad = read_images(image_paths(inputs), int(data.get("image_size", 28)))
+    if "model_channels" in data:
+        channels, model_channels = data.channels, data.model_channels
+    else:  # a run from before image folders: grey, data.channels the model's
+        channels, model_channels = 1, data.channels
+    digits = channels == 1 and data.get("build_mnist", True)
+    paths, images, bad = read_images(image_paths(inputs), int(data.get("image_size", 28)), channels, digits)
+    mean = data.mean if data.get("mean") is not None else model.data_stats["mean"]
+    std = data.std if data.get("std") is not None else model.data_stats["std"]
     probs = torch.cat([
-        model(to_model_input(chunk, data.channels, data.normalize, data.mean, data.std)).float().softmax(1)
+        model(to_model_input(chunk, model_channels, data.normalize, mean, std)).float().softmax(1)
         for chunk in images.split(batch_size)
     ]) if len(paths) else torch.empty(0, model.num_classes)
     names = model.trained_classes or [str(i) for i in range(probs.shape[1])]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 # The command line as the user typed it (set by train.main before rewriting it for a resume).
@@ -51,6 +52,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def save_config(cfg: DictConfig, run_dir: Path | None = None) -> None:
+    """The resolved config as config.yaml in the run folder (what eval.py and predict.py build the
+    model from); without run_dir, in cfg.paths.output_dir if a run there already wrote one."""
+    if rank_zero_only.rank != 0:
+        return
+    if run_dir is None:
+        try:
+            run_dir = Path(cfg.paths.output_dir)
+        except Exception:  # noqa: BLE001 - no run folder (a library call, a test): nothing to update
+            return
+        if not (run_dir / "config.yaml").is_file():
+            return
+    OmegaConf.save(cfg, Path(run_dir) / "config.yaml", resolve=True)
+
+
 class RunRecord:
     """`run.yaml` in the run folder, rewritten as the run moves from running to its end state."""
 
@@ -74,7 +90,7 @@ class RunRecord:
             self.data["resumed"] = [*earlier.get("resumed", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
                                     "from": str(cfg.resume_ckpt), "command": self.data["command"]}]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, self.path.parent / "config.yaml", resolve=True)
+        save_config(cfg, self.path.parent)
         self.write()
 
     @property

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from mnist99.data.datamodule import MNISTDataModule, to_model_input  # noqa: E402
-from mnist99.data.pngtree import decode_split, list_split  # noqa: E402
+from mnist99.data.imagetree import decode_split, list_split  # noqa: E402
 from mnist99 import time_to_accuracy as tta  # noqa: E402
 from mnist99.run_info import machine  # noqa: E402
 
@@ -49,14 +49,18 @@ MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "res
 GPU_VARIANTS = ["trainer.precision=bf16-mixed", "trainer.precision=16-mixed", "trainer.benchmark=true", "model.compile=true"]
 
 
+# where a run keeps its decoded splits (conf/paths: $MNIST99_CACHE, else data/.cache)
+CACHE_DIR = Path(os.environ.get("MNIST99_CACHE") or ROOT / "data" / ".cache")
+
+
 def load_times(data_dir: Path) -> dict:
     t = time.perf_counter()
     for split in ("training", "testing"):
         decode_split(list_split(data_dir / split))
     cold = time.perf_counter() - t
-    MNISTDataModule(data_dir, val_size=0).setup()  # makes sure the cache exists
+    MNISTDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR).setup()  # makes sure the cache exists
     t = time.perf_counter()
-    dm = MNISTDataModule(data_dir, val_size=0)
+    dm = MNISTDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR)
     dm.setup()
     warm = time.perf_counter() - t
     return {"cold_decode_s": cold, "warm_load_s": warm, "images": len(dm.data_train) + len(dm.data_test)}
@@ -77,7 +81,7 @@ def epoch_rate(dm: MNISTDataModule, device: str, max_batches: int | None = None)
 
 def tensor_path_rate(data_dir: Path, batch_size: int, device: str) -> float:
     """data.loader=tensor; on a GPU with the whole dataset on it (data.on_device=true)."""
-    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0)
+    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0, cache_dir=CACHE_DIR)
     dm.setup()
     ds = dm.data_train
     ds.images, ds.labels = ds.images.to(device), ds.labels.to(device)

@@ -44,6 +44,15 @@ def write_png_tree(root: Path, n_train: int = 40, n_test: int = 12, classes: int
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory) -> Path:
+    """Decoded splits go to a folder of the test session's (the runs it starts inherit it), not to
+    the checkout's data/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["MNIST99_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_tree(tmp_path_factory) -> Path:
     """10 classes x (40 training + 12 testing) synthetic 28x28 PNGs."""

@@ -36,10 +36,10 @@ def refused(proc, *words):
 
 
 def damage(tree):
-    """One truncated PNG and one image of another size in training/3."""
+    """One truncated PNG and one empty file named .png in training/3."""
     broken = tree / "training" / "3" / "3000.png"
     broken.write_bytes(broken.read_bytes()[:40])
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tree / "training" / "3" / "3001.png")
+    (tree / "training" / "3" / "3001.png").write_bytes(b"")
     return broken
 
 
@@ -56,19 +56,19 @@ def test_on_bad_image_error_names_the_file_and_skip_leaves_it_out(tree, tmp_path
     refused(train(tree, tmp_path, "data.on_bad_image=maybe"), "data.on_bad_image='maybe'")
 
 
-def test_colour_images_are_made_grey_and_stray_files_ignored_with_a_warning(tree, tmp_path):
+def test_colour_images_are_made_grey_and_stray_files_ignored_with_a_message(tree, tmp_path):
     grey = np.asarray(Image.open(tree / "training" / "5" / "5000.png"))
     Image.fromarray(np.stack([grey] * 3, -1), mode="RGB").save(tree / "training" / "5" / "5000.png")
     (tree / "training" / "5" / "notes.txt").write_text("not an image")
     (tree / "training" / "5" / ".DS_Store").write_bytes(b"\0")
     proc = train(tree, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 colour image(s)" in proc.stdout and "converted to grey" in proc.stdout
+    assert "1 image(s)" in proc.stdout and "converted to grey" in proc.stdout
     assert "Ignored 1 file(s)" in proc.stdout and "5/notes.txt" in proc.stdout
 
 
 @pytest.mark.parametrize("case, words", [
-    ("empty class folder", ["holds no .png files", "training/4"]),
+    ("empty class folder", ["holds no images", "training/4"]),
     ("missing testing", ["testing"]),
     ("other classes in testing", ["class folders differ"]),
 ])
@@ -91,10 +91,11 @@ def test_a_data_dir_that_does_not_exist_and_cannot_be_built(tmp_path, monkeypatc
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(missing) in proc.stderr, proc.stderr[-3000:]
 
 
-def test_two_processes_caching_the_same_split_decode_it_once(tree):
+def test_two_processes_caching_the_same_split_decode_it_once(tree, tmp_path):
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-            "from mnist99.data.cache import load_split; x, y, c, s = load_split(sys.argv[1]); print(len(y), int(x.sum()))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tree / "training")], stdout=subprocess.PIPE,
+            "from mnist99.data.cache import load_split; x, y, c, s = load_split(sys.argv[1], cache_dir=sys.argv[2]); "
+            "print(len(y), int(x.sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tree / "training"), str(tmp_path / "cache")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

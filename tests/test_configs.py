@@ -160,7 +160,8 @@ def test_linear_scratch_selects_plain_sgd(make_cfg):
 
 def test_blog_resnet_uses_three_channels(make_cfg):
     cfg = make_cfg("experiment=blog_resnet18")
-    assert cfg.model.in_channels == 3 and cfg.data.channels == 3 and cfg.data.batch_size == 64
+    # MNIST read as grey, repeated into the ResNet's 3-channel stem
+    assert cfg.model.in_channels == 3 and cfg.data.channels == 1 and cfg.data.model_channels == 3 and cfg.data.batch_size == 64
     assert build_model(cfg).net[0][0].in_channels == 3  # fastai's (body, head): the body's stem conv
     assert build_model(make_cfg("model=resnet18", "model.in_channels=1")).net.conv1.in_channels == 1
 

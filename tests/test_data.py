@@ -50,38 +50,51 @@ def test_val_size_too_large(tiny_tree):
 
 
 def test_batches_are_whole_tensors_turned_into_model_input(tiny_tree):
-    dm = dm_for(tiny_tree, channels=3)
+    dm = dm_for(tiny_tree, model_channels=3)  # grey images, a model with a 3-channel stem
     x, y = next(iter(dm.train_dataloader()))
-    assert x.dtype == torch.uint8 and x.shape == (16, 28, 28) and y.shape == (16,)
+    assert x.dtype == torch.uint8 and x.shape == (16, 1, 28, 28) and y.shape == (16,)
     x, y = dm.on_after_batch_transfer((x, y), 0)
     assert x.shape == (16, 3, 28, 28) and x.dtype == torch.float32
     assert torch.equal(x[:, 0], x[:, 2])
     raw, _ = next(iter(dm.train_dataloader()))
-    expected = (raw.float() / 255 - 0.1307) / 0.3081
+    expected = (raw[:, 0].float() / 255 - 0.1307) / 0.3081
     torch.testing.assert_close(dm.on_after_batch_transfer((raw, y), 0)[0][:, 1], expected)
 
 
-def test_second_setup_loads_the_cache(tree_copy, monkeypatch):
-    first = dm_for(tree_copy)
-    assert len(list((tree_copy / ".mnist99_cache").glob("*.pt"))) == 2
+def test_second_setup_loads_the_cache_kept_outside_the_data(tree_copy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    before = sorted(p.relative_to(tree_copy) for p in tree_copy.rglob("*"))
+    first = dm_for(tree_copy, cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert sorted(p.relative_to(tree_copy) for p in tree_copy.rglob("*")) == before  # nothing written into the data
     monkeypatch.setattr(cache_mod, "decode_split", lambda *a, **k: pytest.fail("decoded again despite the cache"))
-    second = dm_for(tree_copy)
+    second = dm_for(tree_copy, cache_dir=cache)
     assert torch.equal(first.data_train.images, second.data_train.images)
 
 
-def test_edited_folder_rebuilds_the_cache(tree_copy):
-    dm_for(tree_copy)
+def test_the_cache_is_keyed_by_size_and_channels(tree_copy, tmp_path):
+    grey = dm_for(tree_copy, cache_dir=tmp_path / "cache")
+    colour = dm_for(tree_copy, cache_dir=tmp_path / "cache", channels=3)
+    small = dm_for(tree_copy, cache_dir=tmp_path / "cache", image_size=14)
+    assert len(list((tmp_path / "cache").glob("training-*.pt"))) == 3
+    assert grey.data_train.images.shape[1:] == (1, 28, 28) and small.data_train.images.shape[1:] == (1, 14, 14)
+    assert colour.data_train.images.shape[1:] == (3, 28, 28)
+    assert all(torch.equal(colour.data_train.images[:, c], grey.data_train.images[:, 0]) for c in range(3))  # grey as RGB
+
+
+def test_edited_folder_rebuilds_the_cache(tree_copy, tmp_path):
+    dm_for(tree_copy, cache_dir=tmp_path / "cache")
     shutil.copy(tree_copy / "training" / "3" / "3000.png", tree_copy / "training" / "3" / "9999.png")
-    dm = dm_for(tree_copy)
+    dm = dm_for(tree_copy, cache_dir=tmp_path / "cache")
     assert len(dm.data_train) + len(dm.data_val) == 401
-    assert len(list((tree_copy / ".mnist99_cache").glob("training-*.pt"))) == 1  # the stale one is gone
+    assert len(list((tmp_path / "cache").glob("training-*.pt"))) == 1  # the stale one is gone
 
 
-def test_corrupt_cache_is_rebuilt(tree_copy):
-    good = dm_for(tree_copy)
-    for f in (tree_copy / ".mnist99_cache").glob("*.pt"):
+def test_corrupt_cache_is_rebuilt(tree_copy, tmp_path):
+    good = dm_for(tree_copy, cache_dir=tmp_path / "cache")
+    for f in (tmp_path / "cache").glob("*.pt"):
         f.write_bytes(f.read_bytes()[:100])
-    again = dm_for(tree_copy)
+    again = dm_for(tree_copy, cache_dir=tmp_path / "cache")
     assert torch.equal(good.data_train.images, again.data_train.images)
 
 
@@ -111,13 +124,16 @@ def test_missing_tree_without_sources(tmp_path, monkeypatch):
         dm_for(tmp_path / "nowhere")
 
 
-def test_other_image_sizes_are_refused(tmp_path):
-    root = write_png_tree(tmp_path / "t", n_train=3, n_test=2)
+def test_other_image_sizes_are_resized(tmp_path, caplog):
     from PIL import Image
 
-    Image.new("L", (32, 32)).save(root / "training" / "0" / "77.png")
-    with pytest.raises(DataError, match="32x32"):
-        dm_for(root, val_size=1)
+    root = write_png_tree(tmp_path / "t", n_train=3, n_test=2)
+    Image.new("L", (32, 32), 255).save(root / "training" / "0" / "77.png")  # white, another size
+    with caplog.at_level("INFO"):
+        dm = dm_for(root, val_size=0)
+    assert dm.data_train.images.shape == (31, 1, 28, 28)
+    white = [i for i in range(31) if dm.data_train.images[i].float().mean() == 255]
+    assert len(white) == 1 and "1 image(s)" in caplog.text and "resized" in caplog.text
 
 
 def _ids_dataset(n: int):

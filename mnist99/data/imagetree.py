@@ -1,0 +1,148 @@
+"""Reading one split of an image folder (`<split>/<class>/**/<image>`) into one uint8 tensor: every
+format torchvision's ImageFolder reads, any size (resized), grey or colour."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from mnist99.errors import DataError
+
+IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS)  # what ImageFolder reads: png, jpg/jpeg, bmp, webp, tif, pgm, ppm
+MODES = {1: "L", 3: "RGB"}  # data.channels -> the PIL mode images are converted to
+
+
+@dataclass(frozen=True)
+class SplitListing:
+    """The files of one split, in a fixed order, with their labels and a fingerprint."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[str, ...]  # paths relative to root, in file-name order across classes
+    labels: tuple[int, ...]
+    fingerprint: str  # changes when any file is added, removed, resized or touched
+    ignored: tuple[str, ...] = ()  # files in class folders that are not images (hidden ones left out)
+
+
+@dataclass(frozen=True)
+class DecodedSplit:
+    images: np.ndarray  # (kept, channels, size, size) uint8
+    keep: np.ndarray  # bool per listed file: False for those skipped
+    skipped: tuple[str, ...]  # "<path>: why", with on_bad_image=skip
+    converted: int  # images whose colour mode was changed (colour to grey, grey to colour)
+    resized: int  # images of another size, resized
+
+
+def _natural_key(name: str):
+    stem = name.rsplit(".", 1)[0]
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def _class_files(folder: Path) -> list[tuple[str, os.DirEntry]]:
+    """(path relative to the class folder, entry) of every non-hidden file below it, as ImageFolder
+    walks it (sub-folders included)."""
+    found, todo = [], [(folder, "")]
+    while todo:
+        path, prefix = todo.pop()
+        for e in os.scandir(path):
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                todo.append((Path(e.path), f"{prefix}{e.name}/"))
+            elif e.is_file():
+                found.append((prefix + e.name, e))
+    return found
+
+
+def list_split(root: Path) -> SplitListing:
+    """List `root/<class>/**/<image>`; labels are the sorted class folder names' positions."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"The split folder {root} does not exist. Point data.data_dir at a folder holding a training "
+                        "and a test split (training/ and testing/, train/ and test/, train/ and valid/ or train/ and val/), "
+                        "each with one sub-folder per class.")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
+            "with the images of that class in it. Check data.data_dir."
+        )
+    found, ignored = [], []
+    for label, cls in enumerate(classes):
+        files = _class_files(root / cls)
+        entries = [(rel, e) for rel, e in files if e.name.lower().endswith(IMAGE_SUFFIXES)]
+        ignored += [f"{cls}/{rel}" for rel, e in files if not e.name.lower().endswith(IMAGE_SUFFIXES)]
+        if not entries:
+            raise DataError(
+                f"The class folder {root / cls} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}). "
+                "Remove the empty folder or add its images."
+            )
+        found += [(_natural_key(e.name), label, rel, e) for rel, e in entries]
+    # Ordered by file name across classes: mnist_png names files by their index in the IDX file, so
+    # this is MNIST's own order, classes interleaved, and a few batches are a fair sample.
+    found.sort(key=lambda t: (t[0], t[1], t[2]))
+    files, labels, h = [], [], hashlib.sha1()
+    for _, label, rel, e in found:
+        st = e.stat()
+        rel = f"{classes[label]}/{rel}"
+        files.append(rel)
+        labels.append(label)
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return SplitListing(root, tuple(classes), tuple(files), tuple(labels), h.hexdigest(), tuple(sorted(ignored)))
+
+
+def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
+    """(uint8 (channels, size, size) image, whether its colour mode was changed, whether it was
+    resized). Another size is resized (PIL's bilinear filter, antialiased when shrinking; a
+    non-square image is squeezed to a square, as torchvision's Resize((size, size)) does)."""
+    mode = MODES[channels]
+    try:
+        with Image.open(path) as img:
+            converted, resized = img.mode != mode, img.size != (size, size)
+            if resized:
+                img.draft(mode, (size, size))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale when that is enough
+            if converted:
+                img = img.convert(mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"Cannot read the image {path}: {e}. The file is truncated or not an image; replace or delete it, "
+            "or set data.on_bad_image=skip to leave out every such file."
+        ) from None
+    return (arr[None] if channels == 1 else arr.transpose(2, 0, 1)), converted, resized
+
+
+def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threads: int | None = None,
+                 on_bad_image: str = "error") -> DecodedSplit:
+    """Decode every image of a split into one (N, channels, size, size) uint8 array. A file that
+    cannot be read stops it (on_bad_image="error") or is left out and listed ("skip")."""
+    n = len(listing.files)
+    out = np.empty((n, channels, size, size), dtype=np.uint8)
+    keep = np.ones(n, dtype=bool)
+    converted, resized = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    problems: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        try:
+            out[i], converted[i], resized[i] = decode(listing.root / listing.files[i], size, channels)
+        except DataError as e:
+            if on_bad_image != "skip":
+                raise
+            keep[i], problems[i] = False, str(e).split(". ")[0]
+
+    # PIL releases the GIL while it inflates, decodes, converts and resizes, so threads use every
+    # core without the start-up and copying of worker processes.
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
+        for _ in pool.map(work, range(n), chunksize=512):
+            pass
+    images = out if keep.all() else out[keep]
+    return DecodedSplit(images, keep, tuple(problems[i] for i in sorted(problems)), int(converted[keep].sum()), int(resized[keep].sum()))

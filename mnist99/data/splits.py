@@ -1,0 +1,54 @@
+"""Finding the training and test splits of a data folder by their names, and saying what a folder
+holds when it has none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mnist99.errors import ConfigError
+
+# Looked for in this order: mnist_png's names, then the usual ones (fastai: train/valid, torchvision: train/val).
+TRAIN_NAMES = ("training", "train")
+TEST_NAMES = ("testing", "test", "valid", "val")
+LAYOUTS = "training/ + testing/ (mnist_png), train/ + test/, train/ + valid/ (fastai) or train/ + val/ (torchvision)"
+
+
+def _first_dir(data_dir: Path, names) -> Path | None:
+    return next((data_dir / n for n in names if (data_dir / n).is_dir()), None)
+
+
+def find_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | None = None) -> tuple[Path, Path] | None:
+    """(training split, test split) of `data_dir`, found by name, or None when it has no such pair.
+    A name given in data.train_dir / data.test_dir (relative to data_dir, or absolute) must exist."""
+    for key, given in (("data.train_dir", train_dir), ("data.test_dir", test_dir)):
+        if given is not None and not (data_dir / given).is_dir():
+            raise ConfigError(f"{key}={given}: {data_dir / given} is not a folder. Name a split folder of {data_dir} "
+                              f"(it holds {describe(data_dir)}), or leave {key} unset to find {LAYOUTS}.")
+    train = data_dir / train_dir if train_dir is not None else _first_dir(data_dir, TRAIN_NAMES)
+    test = data_dir / test_dir if test_dir is not None else _first_dir(data_dir, TEST_NAMES)
+    return (train, test) if train is not None and test is not None else None
+
+
+def is_empty(folder: Path) -> bool:
+    """True for a folder that does not exist or holds nothing but hidden entries (.gitkeep)."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and not any(not e.name.startswith(".") for e in os.scandir(folder))
+
+
+def _count(folder: str) -> str:
+    n = sum(1 for _ in os.scandir(folder))
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
+def describe(folder: Path, limit: int = 8) -> str:
+    """What a folder holds, for an error message: 'train/ (3 entries), notes.txt'."""
+    if not folder.exists():
+        return "nothing (it does not exist)"
+    if not folder.is_dir():
+        return "nothing: it is a file, not a folder"
+    entries = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
+    shown = [f"{e.name}/ ({_count(e.path)})" if e.is_dir() else e.name for e in entries[:limit]]
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return (", ".join(shown) + more) if shown else "nothing but hidden files"
