@@ -321,6 +321,17 @@ def test_existing_empty_data_dir_is_filled(synthetic, tmp_path, monkeypatch):
     assert leftovers(tmp_path, "mnist_png") == []
 
 
+def test_a_folder_holding_anything_else_is_never_written_into(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir = tmp_path / "photos"
+    data_dir.mkdir()
+    (data_dir / "cat.jpg").write_bytes(b"a user's file")
+    with pytest.raises(DataError, match=r"holds cat.jpg: MNIST is built only in a folder that is missing or empty"):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert [p.name for p in data_dir.iterdir()] == ["cat.jpg"] and leftovers(tmp_path, "photos") == []
+
+
 def test_partial_tree_is_an_error(synthetic, tmp_path, monkeypatch):
     src, _ = synthetic
     no_network(monkeypatch)
@@ -647,3 +658,24 @@ def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, m
     with pytest.raises(DataError, match=r"No space left on device.*Check free disk space"):
         prepare.prepare_mnist_png(data_dir, source=src, progress=False)
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
+
+
+def test_idx_to_folder_writes_named_classes_and_refuses_a_full_folder(synthetic, tmp_path):
+    """scripts/idx_to_folder.py: another IDX dataset (Fashion-MNIST's names) as train/ + test/ with a
+    folder per class, which data=folder then reads; an <out> that holds anything is refused."""
+    from conftest import run_script_in_process
+
+    from mnist99.data.datamodule import MNISTDataModule
+
+    src, _ = synthetic
+    out = tmp_path / "fashion"
+    proc = run_script_in_process("idx_to_folder", str(src), str(out), "--classes", "fashion")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "train").iterdir())[:3] == ["ankle-boot", "bag", "coat"]
+    dm = MNISTDataModule(out, build_mnist=False, val_size=0)
+    dm.setup()
+    assert "t-shirt-top" in dm.classes and len(dm.data_train) == 40 and len(dm.data_test) == 20
+    again = run_script_in_process("idx_to_folder", str(src), str(out))
+    assert again.returncode == 2 and "holds test/ (10 entries), train/ (10 entries)" in again.stderr and "Traceback" not in again.stderr
+    bad = run_script_in_process("idx_to_folder", str(src), str(tmp_path / "x"), "--classes", "a,b")
+    assert bad.returncode == 2 and "ten different comma-separated names" in bad.stderr

