@@ -40,9 +40,17 @@ class DecodedSplit:
     resized: int  # images of another size, resized
 
 
-def _natural_key(name: str):
-    stem = name.rsplit(".", 1)[0]
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+def _order(names: list[str], labels: list[int], rels: list[str]) -> list[int]:
+    """Positions sorted by file name across classes, numbers by value (mnist_png's 0.png ... 59999.png),
+    then by class; a plain integer key when every name is a number (the fast, common case)."""
+    stems = [n.rsplit(".", 1)[0] for n in names]
+    n = len(stems)
+    if all(stem.isdigit() for stem in stems):
+        keys = [int(stem) * 1_000_003 + label for stem, label in zip(stems, labels)]
+        return sorted(range(n), key=keys.__getitem__)
+    keys = [((0, int(stem), name) if stem.isdigit() else (1, 0, name), label, rel)
+            for stem, name, label, rel in zip(stems, names, labels, rels)]
+    return sorted(range(n), key=keys.__getitem__)
 
 
 def _class_files(folder: Path) -> list[tuple[str, os.DirEntry]]:
@@ -74,28 +82,29 @@ def list_split(root: Path) -> SplitListing:
             f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
             "with the images of that class in it. Check data.data_dir."
         )
-    found, ignored = [], []
+    entries, labels, ignored = [], [], []
     for label, cls in enumerate(classes):
-        files = _class_files(root / cls)
-        entries = [(rel, e) for rel, e in files if e.name.lower().endswith(IMAGE_SUFFIXES)]
-        ignored += [f"{cls}/{rel}" for rel, e in files if not e.name.lower().endswith(IMAGE_SUFFIXES)]
-        if not entries:
+        images = []
+        for rel, e in _class_files(root / cls):
+            if e.name.lower().endswith(IMAGE_SUFFIXES):
+                images.append((f"{cls}/{rel}", e))
+            else:
+                ignored.append(f"{cls}/{rel}")
+        if not images:
             raise DataError(
                 f"The class folder {root / cls} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}). "
                 "Remove the empty folder or add its images."
             )
-        found += [(_natural_key(e.name), label, rel, e) for rel, e in entries]
+        entries += images
+        labels += [label] * len(images)
     # Ordered by file name across classes: mnist_png names files by their index in the IDX file, so
     # this is MNIST's own order, classes interleaved, and a few batches are a fair sample.
-    found.sort(key=lambda t: (t[0], t[1], t[2]))
-    files, labels, h = [], [], hashlib.sha1()
-    for _, label, rel, e in found:
-        st = e.stat()
-        rel = f"{classes[label]}/{rel}"
-        files.append(rel)
-        labels.append(label)
-        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return SplitListing(root, tuple(classes), tuple(files), tuple(labels), h.hexdigest(), tuple(sorted(ignored)))
+    order = _order([e.name for _, e in entries], labels, [rel for rel, _ in entries])
+    files = [entries[i][0] for i in order]
+    stats = [entries[i][1].stat() for i in order]
+    listing = "\n".join(f"{rel}:{st.st_size}:{st.st_mtime_ns}" for rel, st in zip(files, stats))
+    fingerprint = hashlib.sha1(listing.encode()).hexdigest()
+    return SplitListing(root, tuple(classes), tuple(files), tuple(labels[i] for i in order), fingerprint, tuple(sorted(ignored)))
 
 
 def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
