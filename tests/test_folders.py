@@ -97,6 +97,11 @@ def test_colour_jpegs_of_mixed_sizes_train_and_predict_names_the_classes(photos,
     right = sum(answers[str(p)] == p.parent.name for p in valid)
     assert set(answers.values()) <= set(CLASSES) and right >= 0.9 * len(valid), predicted.stdout
 
+    evaluated = run_in_process("eval", f"ckpt_path={run_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = yaml.safe_load((run_dir / "eval.yaml").read_text())
+    assert set(report["per_class_acc"]) == set(CLASSES) and report["test/acc"] == record["metrics"]["test/acc"]
+
 
 def test_a_folder_read_as_the_users_data_is_left_untouched(photos, tmp_path):
     """Without data=folder too: a folder with splits is the user's data, not a place to build MNIST."""

@@ -82,29 +82,30 @@ def list_split(root: Path) -> SplitListing:
             f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
             "with the images of that class in it. Check data.data_dir."
         )
-    entries, labels, ignored = [], [], []
+    rels, entries, labels, ignored = [], [], [], []
     for label, cls in enumerate(classes):
-        images = []
+        n = len(entries)
         for rel, e in _class_files(root / cls):
             if e.name.lower().endswith(IMAGE_SUFFIXES):
-                images.append((f"{cls}/{rel}", e))
+                rels.append(f"{cls}/{rel}")
+                entries.append(e)
             else:
                 ignored.append(f"{cls}/{rel}")
-        if not images:
+        if len(entries) == n:
             raise DataError(
                 f"The class folder {root / cls} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}). "
                 "Remove the empty folder or add its images."
             )
-        entries += images
-        labels += [label] * len(images)
+        labels += [label] * (len(entries) - n)
     # Ordered by file name across classes: mnist_png names files by their index in the IDX file, so
     # this is MNIST's own order, classes interleaved, and a few batches are a fair sample.
-    order = _order([e.name for _, e in entries], labels, [rel for rel, _ in entries])
-    files = [entries[i][0] for i in order]
-    stats = [entries[i][1].stat() for i in order]
-    listing = "\n".join(f"{rel}:{st.st_size}:{st.st_mtime_ns}" for rel, st in zip(files, stats))
-    fingerprint = hashlib.sha1(listing.encode()).hexdigest()
-    return SplitListing(root, tuple(classes), tuple(files), tuple(labels[i] for i in order), fingerprint, tuple(sorted(ignored)))
+    order = _order([e.name for e in entries], labels, rels)
+    files = [rels[i] for i in order]
+    stats = [entries[i].stat() for i in order]
+    # the fingerprint: every name, size and modification time (numbers hashed as one array: fast)
+    h = hashlib.sha1("\n".join(files).encode())
+    h.update(np.array([(st.st_size, st.st_mtime_ns) for st in stats], dtype=np.int64).tobytes())
+    return SplitListing(root, tuple(classes), tuple(files), tuple(labels[i] for i in order), h.hexdigest(), tuple(sorted(ignored)))
 
 
 def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
