@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnist99.data.datamodule import to_model_input, to_uint8
+from mnist99.data.datamodule import to_model_input
 from mnist99.data.digit_image import to_mnist
-from mnist99.data.imagetree import IMAGE_SUFFIXES
+from mnist99.data.imagetree import IMAGE_SUFFIXES, to_array
 from mnist99.errors import ConfigError
 from mnist99.evaluate import load, locate
 
@@ -48,8 +48,7 @@ def read_images(paths: list[Path], size: int, channels: int = 1, digits: bool = 
     for p in paths:
         try:
             with Image.open(p) as img:
-                img.load()
-                arrays.append(torch.from_numpy(to_mnist(img, size))[None] if digits else to_uint8(img, size, channels))
+                arrays.append(torch.from_numpy(to_mnist(img, size)[None] if digits else to_array(img, size, channels)[0].copy()))
             ok.append(p)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             bad.append(f"{p}: not a readable image ({type(e).__name__}: {e})")

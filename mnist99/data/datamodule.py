@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from mnist99.data.cache import load_split
-from mnist99.data.imagetree import MODES, list_split
+from mnist99.data.imagetree import MODES, decode_tensor, list_split
 from mnist99.data.splits import LAYOUTS, describe, find_splits, is_empty
 from mnist99.errors import ConfigError, DataError
 
@@ -66,23 +64,13 @@ def _batch_as_is(batch):
     return batch
 
 
-def to_uint8(img, size: int, channels: int) -> torch.Tensor:
-    """PIL image -> uint8 (channels, size, size): the classic path yields exactly what the tensor
-    path indexes (the same conversion and resize)."""
-    img = img.convert(MODES[channels]) if img.mode != MODES[channels] else img
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy((arr[None] if channels == 1 else arr.transpose(2, 0, 1)).copy())
-
-
 def image_folder(root: Path, size: int = 28, channels: int = 1):
     """torchvision's ImageFolder on `root`, decoding one image per `__getitem__` (the classic path),
     its samples put in the tensor path's order so that both make the same hold-out split."""
     from torchvision.datasets import ImageFolder
 
     listing = list_split(root)  # the same checks and order as the tensor path
-    ds = ImageFolder(str(root), transform=functools.partial(to_uint8, size=size, channels=channels))
+    ds = ImageFolder(str(root), loader=functools.partial(decode_tensor, size=size, channels=channels))
     ds.samples = ds.imgs = [(str(root / f), label) for f, label in zip(listing.files, listing.labels)]
     ds.targets = list(listing.labels)
     return ds, listing.classes

@@ -108,27 +108,40 @@ def list_split(root: Path) -> SplitListing:
     return SplitListing(root, tuple(classes), tuple(files), tuple(labels[i] for i in order), h.hexdigest(), tuple(sorted(ignored)))
 
 
-def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
-    """(uint8 (channels, size, size) image, whether its colour mode was changed, whether it was
+def to_array(img: Image.Image, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
+    """(uint8 (channels, size, size) array, whether the colour mode was changed, whether it was
     resized). Another size is resized (PIL's bilinear filter, antialiased when shrinking; a
     non-square image is squeezed to a square, as torchvision's Resize((size, size)) does)."""
     mode = MODES[channels]
+    converted, resized = img.mode != mode, img.size != (size, size)
+    if resized:
+        img.draft(mode, (size, size))  # a JPEG not yet loaded decodes at 1/2, 1/4 or 1/8 scale when that is enough
+    if converted:
+        img = img.convert(mode)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return (arr[None] if channels == 1 else arr.transpose(2, 0, 1)), converted, resized
+
+
+def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
+    """`to_array` of the image file at `path`; a file that cannot be read is a DataError naming it."""
     try:
         with Image.open(path) as img:
-            converted, resized = img.mode != mode, img.size != (size, size)
-            if resized:
-                img.draft(mode, (size, size))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale when that is enough
-            if converted:
-                img = img.convert(mode)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            return to_array(img, size, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"Cannot read the image {path}: {e}. The file is truncated or not an image; replace or delete it, "
             "or set data.on_bad_image=skip to leave out every such file."
         ) from None
-    return (arr[None] if channels == 1 else arr.transpose(2, 0, 1)), converted, resized
+
+
+def decode_tensor(path: str, size: int, channels: int = 1):
+    """uint8 (channels, size, size) tensor of one image file: the classic ImageFolder path's
+    loader, which then yields exactly what the tensor path indexes."""
+    import torch
+
+    return torch.from_numpy(decode(Path(path), size, channels)[0].copy())
 
 
 def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threads: int | None = None,
