@@ -37,7 +37,28 @@ def test_rotation_keeps_shape_and_most_ink():
     assert (out.sum((1, 2, 3)) / x.sum((1, 2, 3)) - 1).abs().max() < 0.3
 
 
-@pytest.mark.parametrize("kw", [{"shift": -1}, {"degrees": -5}, {"scale": (1.2, 1.0)}])
+def test_elastic_distortion_bends_each_image_its_own_way_and_smoothly():
+    """Every pixel moves by a smooth field of its own per image: a vertical bar stays one stroke,
+    bends differently in each image, by about a pixel on average at torchvision-like settings."""
+    from mnist99.data.augment import smooth_noise
+
+    torch.manual_seed(0)
+    x = torch.zeros(32, 1, 28, 28)
+    x[:, :, 4:24, 13:15] = 1.0
+    out = BatchRandomAffine(elastic_alpha=40.0, elastic_sigma=4.0)(x)
+    assert out.shape == x.shape and not torch.equal(out[0], out[1])
+    ink = out[:, 0, 8:20]
+    assert (ink.sum(-1) > 0.5).all()  # no row of the bar's middle torn off
+    cols = (ink * torch.arange(28.0)).sum(-1) / ink.sum(-1)  # the bar's centre on each row
+    moved = (cols - 13.5).abs()
+    assert 0.2 < moved.mean() < 3 and moved.max() < 6
+    assert (cols[:, 1:] - cols[:, :-1]).abs().max() < 1.5  # neighbouring rows move alike: a bend, not noise
+    field = smooth_noise(4, 28, 28, 4.0, x)
+    assert field.shape == (4, 2, 28, 28) and field.abs().max() < 1
+    assert (field[..., 1:] - field[..., :-1]).abs().mean() < 0.3 * field.abs().mean()  # raw noise: > 1
+
+
+@pytest.mark.parametrize("kw", [{"shift": -1}, {"degrees": -5}, {"scale": (1.2, 1.0)}, {"elastic_alpha": -1}, {"elastic_sigma": 0}])
 def test_impossible_settings(kw):
     with pytest.raises(ValueError):
         BatchRandomAffine(**kw)

@@ -9,18 +9,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def smooth_noise(b: int, h: int, w: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """(b, 2, h, w) uniform noise in [-1, 1] blurred by a Gaussian of `sigma` pixels: one smooth
+    random displacement field per image (torchvision's ElasticTransform draws one per batch).
+    The blur is separable: two 1-D convolutions of 8*sigma+1 taps, reflect-padded as torchvision pads."""
+    noise = torch.rand(b * 2, 1, h, w, device=like.device, dtype=like.dtype) * 2 - 1
+    radius = int(4 * sigma)
+    taps = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return noise.view(b, 2, h, w)
+
+
 class BatchRandomAffine(nn.Module):
-    """Random shift (whole pixels), rotation and scale per image, as one `grid_sample` over the batch.
+    """Random shift (whole pixels), rotation and scale per image, and optionally an elastic
+    distortion (a smooth random displacement of every pixel, Simard et al. 2003), as one
+    `grid_sample` over the batch.
 
     Input and output are float (B, C, H, W) images whose background is 0 (applied before
-    normalisation, so the pixels moved in are background).
+    normalisation, so the pixels moved in are background). `elastic_alpha` and `elastic_sigma`
+    mean what they mean in torchvision's ElasticTransform (a displacement of alpha / size in grid
+    units times the blurred noise), but each image gets a field of its own.
     """
 
-    def __init__(self, shift: int = 0, degrees: float = 0.0, scale: tuple[float, float] = (1.0, 1.0)):
+    def __init__(self, shift: int = 0, degrees: float = 0.0, scale: tuple[float, float] = (1.0, 1.0),
+                 elastic_alpha: float = 0.0, elastic_sigma: float = 4.0):
         super().__init__()
-        if shift < 0 or degrees < 0 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"impossible augmentation: shift={shift}, degrees={degrees}, scale={scale}")
+        if shift < 0 or degrees < 0 or not 0 < scale[0] <= scale[1] or elastic_alpha < 0 or elastic_sigma <= 0:
+            raise ValueError(f"impossible augmentation: shift={shift}, degrees={degrees}, scale={scale}, "
+                             f"elastic_alpha={elastic_alpha}, elastic_sigma={elastic_sigma}")
         self.shift, self.degrees, self.scale = int(shift), float(degrees), (float(scale[0]), float(scale[1]))
+        self.elastic_alpha, self.elastic_sigma = float(elastic_alpha), float(elastic_sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -33,7 +54,11 @@ class BatchRandomAffine(nn.Module):
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        if self.elastic_alpha > 0:
+            d = smooth_noise(b, h, w, self.elastic_sigma, x)
+            grid = grid + torch.stack([d[:, 0] * (self.elastic_alpha / w), d[:, 1] * (self.elastic_alpha / h)], -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def extra_repr(self) -> str:
-        return f"shift={self.shift}, degrees={self.degrees}, scale={self.scale}"
+        elastic = f", elastic_alpha={self.elastic_alpha}, elastic_sigma={self.elastic_sigma}" if self.elastic_alpha else ""
+        return f"shift={self.shift}, degrees={self.degrees}, scale={self.scale}{elastic}"
