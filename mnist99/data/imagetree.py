@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -136,11 +137,9 @@ def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, 
         ) from None
 
 
-def decode_tensor(path: str, size: int, channels: int = 1):
+def decode_tensor(path: str, size: int, channels: int = 1) -> torch.Tensor:
     """uint8 (channels, size, size) tensor of one image file: the classic ImageFolder path's
     loader, which then yields exactly what the tensor path indexes."""
-    import torch
-
     return torch.from_numpy(decode(Path(path), size, channels)[0].copy())
 
 
