@@ -77,3 +77,23 @@ def test_datamodule_augments_training_batches_only(tiny_tree):
     assert augmented.shape == plain.shape == (32, 1, 28, 28)
     assert not torch.equal(augmented, plain)
     torch.testing.assert_close(plain, to_model_input(x))  # eval batches are left as they are
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0])
+def test_blur_matrix_is_the_reflect_padded_gaussian_convolution(sigma):
+    """The matmul form of the elastic field's blur gives what two reflect-padded 1-D convolutions give."""
+    import torch.nn.functional as F
+
+    from mnist99.data.augment import blur_matrix
+
+    torch.manual_seed(0)
+    noise = torch.rand(8, 1, 28, 20) * 2 - 1
+    radius = int(4 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    want = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    want = F.conv2d(F.pad(want, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    got = blur_matrix(28, sigma, noise) @ noise @ blur_matrix(20, sigma, noise).T
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(blur_matrix(28, sigma, noise).sum(1), torch.ones(28))  # a blur keeps the mean
