@@ -101,6 +101,23 @@ def test_lenet_and_strided_cnn_shapes_and_costs():
         LeNet(image_size=8)
 
 
+def test_strided_cnn_dropout():
+    """Deotte's dropout: three layers when asked for, active in training only; none at 0, so a
+    dropout-free net keeps the same parameter names (and checkpoints) as before the option."""
+    plain, dropped = StridedCNN(), StridedCNN(dropout=0.4)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in plain.modules()) == 0
+    assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.modules()) == 3
+    assert list(plain.state_dict()) == list(StridedCNN(dropout=0.0).state_dict())
+    x = torch.rand(8, 1, 28, 28)
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))
+    dropped.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(dropped(x), dropped(x))
+    with pytest.raises(ValueError, match="dropout"):
+        StridedCNN(dropout=1.0)
+
+
 def test_stack_cnn_is_an_et_al_m3():
     net = StackCNN()
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
