@@ -3,9 +3,10 @@ handed over by scripts/benchmark.py --tta) and drawn as one figure, with other t
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -22,6 +23,7 @@ class Run:
     fit_s: float
     # (seconds since fit started, test accuracy) at each epoch's end; empty unless validation ran on testing/
     curve: list[tuple[float, float]] = field(default_factory=list)
+    machine: str = ""  # the CPU or GPU it trained on, as run.yaml records it
 
 
 @dataclass
@@ -76,8 +78,32 @@ def runs_in(folders: Iterable[Path]) -> list[Run]:
             recipe = (record.get("choices") or {}).get("experiment") or cfg.get("task_name") or record_file.parent.name
             on_test = (cfg.get("data") or {}).get("val_size") == 0
             runs.append(Run(recipe, cfg.get("seed"), metrics["test/acc"], metrics["fit_seconds"],
-                            test_curve(record_file.parent) if on_test else []))
+                            test_curve(record_file.parent) if on_test else [],
+                            str((record.get("versions") or {}).get("machine", ""))))
     return runs
+
+
+def save(path: Path, runs: Iterable[Run]) -> None:
+    """The figure's data, so that it can be drawn again (and a recipe replaced) once the run
+    folders are gone."""
+    path.write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
+
+
+def load(path: Path) -> list[Run]:
+    try:
+        return [Run(**{**r, "curve": [tuple(c) for c in r.get("curve", [])]}) for r in json.loads(path.read_text())]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not a time-to-accuracy JSON written by --plot ({e})") from None
+
+
+def runs_from(sources: Iterable[Path]) -> list[Run]:
+    """The runs under run folders and in JSON files written by `save`. A recipe found in a run
+    folder replaces the same recipe read from a JSON file: the way to redraw one recipe anew."""
+    sources = list(sources)
+    fresh = runs_in([s for s in sources if s.is_dir()])
+    fresh_recipes = {r.recipe for r in fresh}
+    kept = [r for s in sources if s.is_file() for r in load(s) if r.recipe not in fresh_recipes]
+    return kept + fresh
 
 
 def spread(values: Sequence[float]) -> float:

@@ -20,7 +20,11 @@ Figures:
 - the time-to-accuracy figure (--plot docs/time_to_accuracy.png): test accuracy against training
   seconds per recipe, mean and spread over seeds, from the --tta runs or from finished runs
   (--runs outputs/multirun/A outputs/multirun/B, every completed run under them, grouped by
-  experiment), with other tools' points beside them (--peer 'LABEL=SECONDS:ACCURACY').
+  experiment), with other tools' points beside them (--peer 'LABEL=SECONDS:ACCURACY'). The
+  figure's data goes beside it as JSON (docs/time_to_accuracy.json), which --runs reads back like
+  a run folder; a recipe found in a run folder replaces the same recipe from the JSON:
+
+    python scripts/benchmark.py --runs docs/time_to_accuracy.json outputs/multirun/<new best> --plot docs/time_to_accuracy.png
 
     python scripts/benchmark.py --runs outputs/multirun/<fast> outputs/multirun/<accurate> outputs/multirun/<best> \
         --plot docs/time_to_accuracy.png --peer 'fastai ResNet-18, 1 epoch=860:98.89'
@@ -252,9 +256,10 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
                    help="space-separated overrides measured beside each model's plain run (repeatable)")
     p.add_argument("--gpu", action="store_true", help="on the GPU: its speed switches as variants, sized for ~5 minutes")
-    p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="DIR",
-                   help="finished runs to summarise and plot instead of training (folders searched for run.yaml)")
-    p.add_argument("--plot", type=Path, default=None, help="write the time-to-accuracy figure here (PNG)")
+    p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="DIR|JSON",
+                   help="finished runs to summarise and plot instead of training (folders searched for run.yaml, "
+                        "or the JSON a --plot wrote)")
+    p.add_argument("--plot", type=Path, default=None, help="write the time-to-accuracy figure here (PNG), and its data beside it (JSON)")
     p.add_argument("--peer", action="append", default=[], metavar="LABEL=SECONDS:ACCURACY",
                    help="another tool's result to draw beside the recipes, accuracy in %% (repeatable)")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default outputs/benchmark/<time>.json)")
@@ -316,31 +321,39 @@ def main() -> None:
             print(f"| {e} | {len(runs)} | {mean_std([x['s_to_0.99'] for x in runs])} | {mean_std([x['s_to_0.995'] for x in runs])} "
                   f"| {mean_std([x['fit_s'] for x in runs])} | {acc} |")
     if args.plot and result["time_to_accuracy"]:
-        runs = [tta.Run(e, x["seed"], x["test_acc"], x["fit_s"], [tuple(c) for c in x["curve"]])
+        runs = [tta.Run(e, x["seed"], x["test_acc"], x["fit_s"], [tuple(c) for c in x["curve"]], machine())
                 for e, r in result["time_to_accuracy"].items() for x in r["runs"]]
-        write_plot(args.plot, tta.by_recipe(runs), peers, result["machine"])
+        write_plot(args.plot, tta.by_recipe(runs), peers)
     print(f"\nJSON: {out}")
 
 
-def from_runs(folders: list[Path], plot: Path | None, peers: list) -> None:
-    """--runs: the recipes' figures from finished runs, as a table and (with --plot) the figure."""
-    missing = [str(f) for f in folders if not f.is_dir()]
+def from_runs(sources: list[Path], plot: Path | None, peers: list) -> None:
+    """--runs: the recipes' figures from finished runs (or a figure's JSON), as a table and (with
+    --plot) the figure."""
+    missing = [str(f) for f in sources if not f.exists()]
     if missing:
-        sys.exit(f"benchmark.py: error: no such run folder: {', '.join(missing)}")
-    groups = tta.by_recipe(tta.runs_in(folders))
+        sys.exit(f"benchmark.py: error: no such run folder or JSON file: {', '.join(missing)}")
+    try:
+        groups = tta.by_recipe(tta.runs_from(sources))
+    except ValueError as e:
+        sys.exit(f"benchmark.py: error: {e}")
     if not groups:
-        sys.exit(f"benchmark.py: error: no completed, tested run (run.yaml with test/acc) under {', '.join(map(str, folders))}")
+        sys.exit(f"benchmark.py: error: no completed, tested run (run.yaml with test/acc) under {', '.join(map(str, sources))}")
     print(tta.summary(groups))
     if plot:
-        write_plot(plot, groups, peers, machine())
+        write_plot(plot, groups, peers)
 
 
-def write_plot(path: Path, groups: dict, peers: list, where: str) -> None:
+def write_plot(path: Path, groups: dict, peers: list) -> None:
+    """The figure, titled with the machines the runs trained on, and its data as JSON beside it."""
     from mnist99.figures import save
 
+    runs = [r for group in groups.values() for r in group]
+    where = "; ".join(dict.fromkeys(r.machine for r in runs if r.machine)) or machine()
     path.parent.mkdir(parents=True, exist_ok=True)
     save(tta.figure(groups, peers, title=f"test accuracy against training time, {where}"), path)
-    print(f"\nFigure: {path}")
+    tta.save(path.with_suffix(".json"), runs)
+    print(f"\nFigure: {path} (its data: {path.with_suffix('.json')})")
 
 
 def print_speed(result: dict) -> None:

@@ -53,7 +53,7 @@ def fake_run(folder, experiment, seed, test_acc, fit_s, curve, val_size=0):
 def test_time_to_accuracy_figure_from_finished_runs(tmp_path):
     """--runs groups finished runs by experiment (mean ± std, lowest, median fit), reads each
     curve from its TensorBoard scalars, and --plot draws them with the peers' points."""
-    from mnist99.time_to_accuracy import by_recipe, mean_curve, runs_in
+    from mnist99.time_to_accuracy import by_recipe, load, mean_curve, runs_in
 
     sweeps = tmp_path / "multirun"
     fake_run(sweeps / "a" / "0_seed=0", "fast", 0, 0.9910, 10.0, [(10.0, 0.9910)])
@@ -78,7 +78,20 @@ def test_time_to_accuracy_figure_from_finished_runs(tmp_path):
     assert "| accurate | 0, 1, 2 | 99.50 ± 0.10% | 99.40% |" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
+    # the figure's data, beside it, draws it again once the run folders are gone; a recipe in a
+    # run folder replaces the same recipe from the JSON, the others stay
+    data = png.with_suffix(".json")
+    assert [(r.recipe, r.seed) for r in load(data)] == [("fast", 0), ("fast", 1), ("accurate", 0), ("accurate", 1), ("accurate", 2)]
+    fake_run(tmp_path / "new" / "0_seed=7", "fast", 7, 0.9990, 9.0, [(9.0, 0.9990)])
+    again = run_script_in_process("benchmark", "--runs", str(data), str(tmp_path / "new"), "--plot", str(tmp_path / "again.png"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "| fast | 7 | 99.90 ± 0.00% |" in again.stdout and "| accurate | 0, 1, 2 | 99.50 ± 0.10% |" in again.stdout
+    assert [r.curve for r in load(tmp_path / "again.json") if r.recipe == "accurate"] == [r.curve for r in groups["accurate"]]
+    (tmp_path / "bad.json").write_text('{"not": "a list of runs"}')
+    bad_json = run_script_in_process("benchmark", "--runs", str(tmp_path / "bad.json"))
+    assert bad_json.returncode != 0 and "not a time-to-accuracy JSON" in bad_json.stderr and "Traceback" not in bad_json.stderr
+
     bad = run_script_in_process("benchmark", "--runs", str(sweeps), "--peer", "fastai 860 98.89")
     assert bad.returncode != 0 and "LABEL=SECONDS:ACCURACY" in bad.stderr and "Traceback" not in bad.stderr
     empty = run_script_in_process("benchmark", "--runs", str(tmp_path / "nothing"))
-    assert empty.returncode != 0 and "no such run folder" in empty.stderr
+    assert empty.returncode != 0 and "no such run folder or JSON file" in empty.stderr
