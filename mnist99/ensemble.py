@@ -29,8 +29,10 @@ class ShiftTTA(L.LightningModule):
         return torch.stack([self.model(torch.roll(x, s, dims=(2, 3))).float().softmax(dim=1) for s in self.shifts], 1), y
 
 
-def test_probs(model: L.LightningModule, datamodule: L.LightningDataModule, shifts, trainer_cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax (N, shifts, classes), labels (N,)) of `model` on the test split, on the run's device."""
+def test_probs(model: L.LightningModule, datamodule: L.LightningDataModule, shifts, trainer_cfg: dict,
+               split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax (N, shifts, classes), labels (N,)) of `model` on the test split (or the validation
+    split, `split="val"`), on the run's device."""
     trainer = L.Trainer(
         accelerator=trainer_cfg.get("accelerator", "auto"),
         devices=1,  # every rank would predict the whole test set: one device is enough
@@ -41,7 +43,7 @@ def test_probs(model: L.LightningModule, datamodule: L.LightningDataModule, shif
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    datamodule.predict_dataloader = datamodule.test_dataloader
+    datamodule.predict_dataloader = datamodule.val_dataloader if split == "val" else datamodule.test_dataloader
     out = trainer.predict(ShiftTTA(model, shifts).eval(), datamodule=datamodule)
     return torch.cat([p.cpu() for p, _ in out]), torch.cat([y.cpu() for _, y in out])
 
@@ -68,6 +70,17 @@ def check(cfg: DictConfig) -> tuple[int, list]:
                 "between -4 and 4, e.g. [[0, 0], [1, 0], [0, 1]]."
             )
     return members, shifts
+
+
+def check_held_out(cfgs: Sequence[DictConfig]) -> None:
+    """Refuses to score runs on their validation split unless they all held out the same training
+    images: with data.val_size=0 that split is testing/, and other sizes or split seeds differ."""
+    held_out = {(c.data.val_size, c.data.get("split_seed")) for c in cfgs}
+    if len(held_out) != 1 or next(iter(held_out))[0] == 0:
+        raise ConfigError(
+            f"Scoring on held-out images needs runs that held out the same training images (one data.val_size > 0 "
+            f"and one data.split_seed), not (val_size, split_seed) {sorted(held_out)}; with data.val_size=0 the "
+            "validation split is testing/. Train them with e.g. data.val_size=5000, or score on testing/.")
 
 
 def combine(probs: list[torch.Tensor], labels: torch.Tensor, shifts: list) -> dict[str, float]:

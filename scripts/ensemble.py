@@ -3,10 +3,13 @@
     python scripts/ensemble.py outputs/runs/A outputs/runs/B outputs/runs/C
     python scripts/ensemble.py outputs/multirun/<time>          # every job of a sweep
     python scripts/ensemble.py outputs/multirun/<time>/* --tta 0,0 1,0 -1,0 0,1 0,-1 --json ensemble.json
+    python scripts/ensemble.py outputs/multirun/<time> --split val --tta 0,0 1,0 -1,0 0,1 0,-1   # shifts judged on held-out images
 
 Each run folder's `config.yaml` rebuilds its model, whose weights come from `checkpoints/last.ckpt`
 (the final weights; with the EMA callback, the averaged ones). Prints each model's test accuracy,
-with and without the shifts, and the ensemble's.
+with and without the shifts, and the ensemble's. `--split val` scores them on the runs' held-out
+training images instead (runs trained with data.val_size > 0): the way to decide whether shifts
+pay without looking at the test set.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)?$")
     p.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/runs/..., outputs/multirun/.../<n>_...)")
     p.add_argument("--tta", nargs="+", default=["0,0"], metavar="DY,DX", help="whole-pixel shifts averaged at test time")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="score on testing/ or on the held-out training images (runs with data.val_size > 0, the same split seed)")
     p.add_argument("--checkpoint", default="last.ckpt")
     p.add_argument("--json", type=Path, default=None)
     return p
@@ -61,7 +66,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from mnist99.config import register_resolvers
-    from mnist99.ensemble import combine, test_probs
+    from mnist99.ensemble import check_held_out, combine, test_probs
     from mnist99.errors import Mnist99Error
 
     register_resolvers()
@@ -70,18 +75,22 @@ def main() -> None:
     try:
         runs = [load_run(r, args.checkpoint) for r in args.runs]
         cfg = runs[0][0]
+        if args.split == "val":
+            check_held_out([c for c, _ in runs])
         dm = instantiate(cfg.data, _convert_="all")
         dm.setup("test")
         probs, labels = [], None
         for run_cfg, model in runs:
             trainer_cfg = {"precision": run_cfg.trainer.precision}
-            pr, labels = test_probs(model, dm, shifts, trainer_cfg)
+            pr, labels = test_probs(model, dm, shifts, trainer_cfg, args.split)
             probs.append(pr)
     except Mnist99Error as e:
         sys.exit(f"\nmnist99: error: {e}\n")
     result = combine(probs, labels, shifts)
-    result["runs"] = [str(r) for r in args.runs]
-    print("| run | test/acc | with shifts |\n| --- | --- | --- |")
+    result["runs"], result["split"] = [str(r) for r in args.runs], args.split
+    if args.split == "val":
+        print(f"Scored on the {len(labels)} held-out training images (data.val_size), not on testing/.")
+    print(f"| run | {'held-out acc' if args.split == 'val' else 'test/acc'} | with shifts |\n| --- | --- | --- |")
     for i, r in enumerate(args.runs):
         print(f"| {r} | {result.get(f'test/acc_member{i}', float('nan')):.4%} | {result[f'test/acc_member{i}_tta']:.4%} |")
     if "test/acc_members_mean" in result:

@@ -81,6 +81,9 @@ def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
     result = json.loads(out.read_text())
     assert all(0.5 < result[f"test/acc_member{i}"] <= 1 for i in (0, 1))  # last.ckpt of each run
     assert 0.5 < result["test/acc"] <= 1 and "| ensemble, 2 shifts |" in proc.stdout
+    held_out = run_script_in_process("ensemble", str(logs / "run0"), str(logs / "run1"), "--split", "val", "--tta", "0,0", "1,0")
+    assert held_out.returncode == 0, held_out.stderr[-2000:]
+    assert "Scored on the 60 held-out training images" in held_out.stdout and "| held-out acc |" in held_out.stdout
     missing = run_script_in_process("ensemble", str(tmp_path))
     assert missing.returncode != 0 and "config.yaml is missing" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -128,6 +131,20 @@ def test_ema_schedule():
     assert not ema.should_update(epoch_idx=3)
     with pytest.raises(ValueError):
         EMA(decay=1.5)
+
+
+def test_held_out_scoring_needs_one_real_hold_out():
+    from omegaconf import OmegaConf
+
+    from mnist99.ensemble import check_held_out
+
+    def run(val_size, split_seed=0):
+        return OmegaConf.create({"data": {"val_size": val_size, "split_seed": split_seed}})
+
+    check_held_out([run(5000), run(5000)])
+    for runs in ([run(0), run(0)], [run(5000), run(1000)], [run(5000), run(5000, split_seed=1)]):
+        with pytest.raises(ConfigError, match="held out the same training images"):
+            check_held_out(runs)
 
 
 def test_ensemble_script_reads_negative_shifts():
