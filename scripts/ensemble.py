@@ -92,11 +92,12 @@ def main() -> None:
         print(f"Scored on the {len(labels)} held-out training images (data.val_size), not on testing/.")
     print(f"| run | {'held-out acc' if args.split == 'val' else 'test/acc'} | with shifts |\n| --- | --- | --- |")
     for i, r in enumerate(args.runs):
-        print(f"| {r} | {result.get(f'test/acc_member{i}', float('nan')):.4%} | {result[f'test/acc_member{i}_tta']:.4%} |")
+        print(f"| {r} | {result.get(f'test/acc_member{i}', float('nan')):.2%} | {result[f'test/acc_member{i}_tta']:.2%} |")
     if "test/acc_members_mean" in result:
-        print(f"| mean ± std | {result['test/acc_members_mean']:.4%} ± {result['test/acc_members_std']:.4%} | |")
-        print(f"| ensemble, no shifts | {result['test/acc_ensemble_no_tta']:.4%} | |")
-    print(f"| ensemble, {len(shifts)} shifts | | {result['test/acc']:.4%} |")
+        print(f"| mean ± std | {result['test/acc_members_mean']:.2%} ± {result['test/acc_members_std']:.3%} | |")
+        print(f"| ensemble, no shifts | {result['test/acc_ensemble_no_tta']:.2%} | |")
+    if shifts != [[0, 0]]:
+        print(f"| ensemble, {len(shifts)} shifts | | {result['test/acc']:.2%} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
