@@ -321,7 +321,8 @@ def main() -> None:
             print(f"| {e} | {len(runs)} | {mean_std([x['s_to_0.99'] for x in runs])} | {mean_std([x['s_to_0.995'] for x in runs])} "
                   f"| {mean_std([x['fit_s'] for x in runs])} | {acc} |")
     if args.plot and result["time_to_accuracy"]:
-        runs = [tta.Run(e, x["seed"], x["test_acc"], x["fit_s"], [tuple(c) for c in x["curve"]], machine())
+        here = machine()
+        runs = [tta.Run(e, x["seed"], x["test_acc"], x["fit_s"], [tuple(c) for c in x["curve"]], here)
                 for e, r in result["time_to_accuracy"].items() for x in r["runs"]]
         write_plot(args.plot, tta.by_recipe(runs), peers)
     print(f"\nJSON: {out}")
