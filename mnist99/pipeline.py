@@ -111,6 +111,8 @@ def train_ensemble(cfg: DictConfig) -> dict:
         member.ensemble.members = 1
         log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
         metrics, model, datamodule = fit_and_test(member)
+        # each member a run folder of its own, so eval.py, predict.py and scripts/ensemble.py take it
+        save_config(member, Path(member.paths.output_dir))
         if cfg.model.get("num_classes") is None:  # counted from the data by the first member
             cfg.model.num_classes = member.model.num_classes
             save_config(cfg)
@@ -123,7 +125,7 @@ def train_ensemble(cfg: DictConfig) -> dict:
     out = {"fit_seconds": fit_seconds, "epochs": cfg.trainer.max_epochs, "val/acc_best": statistics.fmean(best) if best else math.nan}
     if probs:
         out.update(ensemble.combine(probs, labels, shifts))
-        out["tested_weights"] = f"average of {len(probs)} models' final weights, {len(shifts)} test-time shifts"
+        out["tested_weights"] = f"softmax of {len(probs)} models (final weights) averaged over {len(shifts)} test-time shifts"
     ensemble.log_scalars(run_dir, {k: v for k, v in out.items() if k.startswith(("test/", "val/"))})
     return out
 

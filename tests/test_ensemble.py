@@ -7,11 +7,14 @@ import json
 import pytest
 import torch
 import yaml
+from hydra.utils import instantiate
 
 from conftest import run_in_process, run_script_in_process
 from mnist99.callbacks import EMA
-from mnist99.ensemble import ShiftTTA, check, combine
+from mnist99.ensemble import ShiftTTA, accuracy, check, combine
+from mnist99.ensemble import test_probs as softmax_on_test  # not test_*: pytest would collect it
 from mnist99.errors import ConfigError
+from mnist99.evaluate import load, locate
 from mnist99.pipeline import train
 
 
@@ -66,6 +69,13 @@ def test_ensemble_trains_members_and_tests_their_average(make_cfg, tmp_path):
         assert 0.25 < out[f"test/acc_member{i}"] <= 1  # learned (chance is 0.1); 2 epochs of 340 images vary by seed
     assert out["test/acc"] >= min(out["test/acc_member0_tta"], out["test/acc_member1_tta"]) - 0.05
     assert yaml.safe_load((tmp_path / "member1" / "hparams.yaml").read_text())["seed"] == cfg.seed + 1
+    # a member folder is a run folder: its own config rebuilds the model that was tested
+    member_cfg, model = load(*locate(tmp_path / "member1"))
+    assert member_cfg.seed == cfg.seed + 1
+    dm = instantiate(member_cfg.data, _convert_="all")
+    dm.setup("test")
+    probs, labels = softmax_on_test(model, dm, [[0, 0]], {"accelerator": "cpu"})
+    assert accuracy(probs[:, 0], labels) == pytest.approx(out["test/acc_member1"], abs=1e-6)
 
 
 @pytest.mark.slow  # two training runs and the script: 25 s
