@@ -127,6 +127,18 @@ def test_stack_cnn_is_an_et_al_m3():
         StackCNN(widths=tuple(range(8, 8 * 15, 8)))
 
 
+def test_stack_cnn_kernel_size_gives_m7():
+    """kernel_size=7 with An et al.'s M7 widths: four 7x7 convs take 28 pixels to 4."""
+    net = StackCNN(widths=(48, 96, 144, 192), kernel_size=7)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert [m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == [(7, 7)] * 4
+    assert net[-2].in_features == 192 * 4 * 4
+    with pytest.raises(ValueError, match="do not fit"):
+        StackCNN(widths=(48, 96, 144, 192, 240), kernel_size=7)
+    with pytest.raises(ValueError, match="odd"):
+        StackCNN(kernel_size=4)
+
+
 def test_compile_keeps_checkpoint_keys_plain():
     """model.compile=true wraps the net with torch.compile without changing the saved weights' names."""
     plain = Classifier(FastCNN())

@@ -140,12 +140,13 @@ class StridedCNN(nn.Sequential):
 
 
 class StackCNN(nn.Sequential):
-    """A stack of unpadded 3x3 conv-BN-ReLU layers with no pooling, then one linear layer with
+    """A stack of unpadded conv-BN-ReLU layers with no pooling, then one linear layer with
     BatchNorm: the "M3" net of An et al. (2020), "An Ensemble of Simple Convolutional Neural
-    Network Models for MNIST Digit Recognition" (arXiv:2008.10400).
+    Network Models for MNIST Digit Recognition" (arXiv:2008.10400), and with `kernel_size` 5 or 7
+    (and their widths) its M5 and M7.
 
-    Each conv trims a pixel off every side, so the default ten layers (32 to 176 channels in steps
-    of 16) take 28x28 to 8x8. About 170 M multiply-adds per image: a GPU net.
+    Each conv trims kernel_size // 2 pixels off every side, so the default ten 3x3 layers (32 to
+    176 channels in steps of 16) take 28x28 to 8x8. About 170 M multiply-adds per image: a GPU net.
     """
 
     def __init__(
@@ -154,14 +155,17 @@ class StackCNN(nn.Sequential):
         widths: tuple[int, ...] = (32, 48, 64, 80, 96, 112, 128, 144, 160, 176),
         num_classes: int = 10,
         image_size: int = 28,
+        kernel_size: int = 3,
     ):
-        if image_size - 2 * len(widths) < 1:
-            raise ValueError(f"{len(widths)} unpadded 3x3 convs do not fit a {image_size}-pixel image")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"StackCNN kernel_size must be odd and positive, not {kernel_size}")
+        side = image_size - (kernel_size - 1) * len(widths)
+        if side < 1:
+            raise ValueError(f"{len(widths)} unpadded {kernel_size}x{kernel_size} convs do not fit a {image_size}-pixel image")
         layers, c_in = [], in_channels
         for w in widths:
-            layers.append(conv_bn(c_in, w, padding=0))
+            layers.append(conv_bn(c_in, w, kernel_size, padding=0))
             c_in = w
-        side = image_size - 2 * len(widths)
         super().__init__(
             *layers,
             nn.Flatten(),
