@@ -10,10 +10,11 @@ import lightning as L
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from omegaconf import DictConfig
 
 from mnist99 import ddp_sweep
+from mnist99.console import LogIntervalWithinEpoch, UnevenTestSplit, quiet_lightning
 from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
@@ -79,16 +80,27 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
     `callbacks.model_checkpoint=null`, is switched off). `extra` comes first so that what it does
     at a hook (a signal sent, weights changed) is seen by the group's callbacks at that same hook.
     Two are left out where Lightning would refuse them: the progress bar when
-    trainer.enable_progress_bar=false, the learning-rate monitor without a logger."""
+    trainer.enable_progress_bar=false, the learning-rate monitor without a logger; and the model
+    summary when trainer.enable_model_summary=false."""
     callbacks = list(extra) + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     if not with_logger:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    trainer: L.Trainer = instantiate(cfg.trainer, **kwargs)
+    """The Trainer of cfg.trainer (kwargs override its keys), quiet: Lightning's notices and its
+    pointless warnings off (console.quiet_lightning), log_every_n_steps at most an epoch
+    (console.LogIntervalWithinEpoch), an uneven DDP test split said in mnist99's words
+    (console.UnevenTestSplit), and no model summary of Lightning's: the summary is the callbacks
+    group's (NetSummary), which build_callbacks leaves out when trainer.enable_model_summary=false."""
+    quiet_lightning()
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    kwargs["enable_model_summary"] = False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, LogIntervalWithinEpoch(), UnevenTestSplit()], **kwargs)
     ddp_sweep.track(trainer)
     return trainer

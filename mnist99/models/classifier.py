@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist99.errors import ConfigError
 from mnist99.models.optim import param_groups
+
+log = logging.getLogger(__name__)
+
+# What the schedules of conf/scheduler are called on the console, by the argument their length is given in.
+SCHEDULE_NAMES = {"total_steps": "one-cycle", "T_max": "cosine"}
 
 
 class ClassifierBase(L.LightningModule):
@@ -85,6 +93,18 @@ class ClassifierBase(L.LightningModule):
         self.val_acc_best.reset()
         self.val_acc.reset()
         self.val_loss.reset()
+        if self.trainer.ckpt_path:  # a resumed fit: said in one short line (Lightning's notices are off)
+            note = self.plan_resumed_schedule()
+            try:
+                shown = Path(self.trainer.ckpt_path).resolve().relative_to(Path.cwd())
+            except ValueError:
+                shown = self.trainer.ckpt_path
+            log.info("Resumed from %s at step %d (epoch %d)%s.", shown, self.trainer.global_step, self.trainer.current_epoch, note)
+
+    def plan_resumed_schedule(self) -> str:
+        """A resumed fit's learning-rate schedule, once Lightning has restored it: nothing to plan
+        here (a constant rate); what was done, for the resume's line."""
+        return ""
 
     def validation_step(self, batch, batch_idx):
         loss, logits, y = self.step(batch)
@@ -117,6 +137,13 @@ class Classifier(ClassifierBase):
     `total_steps` (OneCycleLR) or `T_max` (CosineAnnealingLR), whichever it takes.
     `decay_norm_and_bias=False` puts normalisation parameters and biases at weight decay 0
     (`optimizer.decay_norm_and_bias`, see `param_groups`).
+
+    Training a finished run further (`resume=<run> trainer.max_epochs=N`, more steps than the
+    checkpoint's schedule spans): the added steps get a schedule of their own, a new one-cycle
+    (fastai's second `fit_one_cycle`) or a new cosine from `optimizer.lr` down to `eta_min`
+    (SGDR's warm restart), each over the added steps only; a constant rate stays as it was. A
+    run resumed to the end its schedule was made for continues that schedule unchanged (see
+    `plan_resumed_schedule`).
     """
 
     def __init__(
@@ -156,13 +183,88 @@ class Classifier(ClassifierBase):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=param_groups(self, self.decay_norm_and_bias))
+        # the config's rates, before a schedule changes them: a schedule started on resume starts from these
+        self.configured_lrs = [group["lr"] for group in optimizer.param_groups]
         if self.scheduler_factory is None:
             return with_named_lr(optimizer)
-        params = inspect.signature(self.scheduler_factory.func).parameters
-        # OneCycleLR divides by the length of its phases, which vanish below ~10 steps (smoke runs).
-        steps = max(int(self.trainer.estimated_stepping_batches), 10)
-        extra = {"total_steps": steps} if "total_steps" in params else {"T_max": steps} if "T_max" in params else {}
-        return with_named_lr(optimizer, self.scheduler_factory(optimizer, **extra))
+        return with_named_lr(optimizer, self.make_scheduler(optimizer, self.planned_steps()))
+
+    def length_key(self) -> str | None:
+        """The argument the schedule's length goes in: `total_steps` (OneCycleLR), `T_max`
+        (CosineAnnealingLR), or None (no schedule, or one without a length)."""
+        if self.scheduler_factory is None:
+            return None
+        params = inspect.signature(getattr(self.scheduler_factory, "func", self.scheduler_factory)).parameters
+        return next((k for k in ("total_steps", "T_max") if k in params), None)
+
+    def planned_steps(self) -> int:
+        """The optimizer steps this fit ends at (counted from the run's start, resumed steps included).
+        At least 10: OneCycleLR divides by the length of its phases, which vanish below that (smoke runs)."""
+        return max(int(self.trainer.estimated_stepping_batches), 10)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        key = self.length_key()
+        return self.scheduler_factory(optimizer, **({key: steps} if key else {}))
+
+    def setup(self, stage: str) -> None:
+        self.resumed_schedule: dict | None = None  # the checkpoint's schedule, when a fit resumes
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.resumed_schedule = next(iter(checkpoint.get("lr_schedulers") or []), None)
+
+    def plan_resumed_schedule(self) -> str:
+        """A resumed fit's schedule, once Lightning has restored it from the checkpoint.
+
+        The schedule ends at the step it was made for: at the step this fit is planned to end at
+        (a run resumed to its own end), it carries on unchanged, so that the resumed run takes the
+        same steps as one never stopped. Ending before (the run is trained further: a larger
+        trainer.max_epochs or max_steps), the added steps get a new schedule, made as
+        configure_optimizers makes one, over those steps only: a one-cycle's warm-up and annealing
+        (fastai's second fit_one_cycle), a cosine from optimizer.lr down again (SGDR's warm
+        restart). Without that, a one-cycle would fail at its first step past its end, and a
+        cosine would climb back towards its peak rate, where the run would end. A schedule of
+        another kind than the config's (the run was made with another scheduler) is replaced
+        the same way, from this step to the end. Returns what was done, for the resume's line.
+        """
+        saved = getattr(self, "resumed_schedule", None)
+        self.resumed_schedule = None
+        if saved is None or not self.trainer.lr_scheduler_configs:
+            return ""
+        config = self.trainer.lr_scheduler_configs[0]
+        step, planned, key = self.trainer.global_step, self.planned_steps(), self.length_key()
+        if step >= planned:
+            return ""  # nothing left to train
+        saved_key = next((k for k in ("total_steps", "T_max") if k in saved), None)
+        if saved_key == key:
+            if key is None:
+                return f"; training on to step {planned} at a constant learning rate"
+            end = step - int(config.scheduler.last_epoch) + int(getattr(config.scheduler, key))
+            if end > planned:
+                log.warning(
+                    "This run now stops at step %d, before the end of its %s learning-rate schedule (step %d): the "
+                    "rate will not have come down. To finish the schedule, resume with the trainer.max_epochs (or "
+                    "max_steps) the run was started or trained further with.", planned, SCHEDULE_NAMES[key], end)
+            if end >= planned:
+                return f"; training on to step {planned} on its {SCHEDULE_NAMES[key]} schedule"
+        optimizer = config.scheduler.optimizer
+        for group, lr in zip(optimizer.param_groups, getattr(self, "configured_lrs", [])):
+            group["lr"] = group["initial_lr"] = lr  # a cosine starts from the group's rate as it finds it
+        added = planned - step
+        if self.scheduler_factory is None:
+            config.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        else:
+            # at least 10 steps, as configure_optimizers: below that a one-cycle has no phases to
+            # speak of (smoke runs), and it then runs past the fit's end
+            config.scheduler = self.make_scheduler(optimizer, max(added, 10))
+        lrs = [g["max_lr"] for g in optimizer.param_groups] if key == "total_steps" else config.scheduler.get_last_lr()
+        if key:
+            what = f"a new {SCHEDULE_NAMES[key]} schedule (peak learning rate {max(lrs):g})"
+        elif self.scheduler_factory is None:
+            what = f"a constant learning rate of {max(lrs):g}"
+        else:
+            what = f"a new {type(config.scheduler).__name__} from learning rate {max(lrs):g}"
+        return f"; training on to step {planned}: {added} more steps, with {what}"
 
 
 def with_named_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
