@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mnist99.data import idx, prepare, pypi_source
@@ -275,6 +276,7 @@ def fail_after(monkeypatch, n: int, error: BaseException) -> dict:
         real_save(image, path)
 
     monkeypatch.setattr(prepare, "_save_png", flaky_save)
+    monkeypatch.setattr(prepare, "PNG_WORKERS", 1)  # written in this process, where the patch is
     return calls
 
 
@@ -660,6 +662,24 @@ def test_a_full_disk_while_writing_leaves_no_partial_tree(synthetic, tmp_path, m
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
 
 
+def test_a_write_error_in_a_writer_process_reaches_the_user(synthetic, tmp_path, monkeypatch):
+    """The same from the parallel writers: the worker processes (forked after the patch) fail, and
+    the error comes back as the one clear DataError, nothing left behind."""
+    import errno
+
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    src, _ = synthetic
+    no_network(monkeypatch)
+    monkeypatch.setattr(prepare, "_save_png", full)
+    monkeypatch.setattr(prepare, "PNG_WORKERS", 2)
+    data_dir = tmp_path / "mnist_png"
+    with pytest.raises(DataError, match=r"No space left on device.*Check free disk space"):
+        prepare.prepare_mnist_png(data_dir, source=src, progress=False)
+    assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []
+
+
 def test_idx_to_folder_writes_named_classes_and_refuses_a_full_folder(synthetic, tmp_path):
     """scripts/idx_to_folder.py: another IDX dataset (Fashion-MNIST's names) as train/ + test/ with a
     folder per class, which data=folder then reads; an <out> that holds anything is refused."""
@@ -679,3 +699,25 @@ def test_idx_to_folder_writes_named_classes_and_refuses_a_full_folder(synthetic,
     assert again.returncode == 2 and "holds test/ (10 entries), train/ (10 entries)" in again.stderr and "Traceback" not in again.stderr
     bad = run_script_in_process("idx_to_folder", str(src), str(tmp_path / "x"), "--classes", "a,b")
     assert bad.returncode == 2 and "ten different comma-separated names" in bad.stderr
+
+
+def test_first_run_caches_the_arrays_it_wrote_instead_of_decoding_them(synthetic, tmp_path, monkeypatch):
+    """The decoded cache a first run seeds from the IDX arrays is exactly what decoding the PNGs
+    gives: same pixels, labels, classes and order."""
+    from mnist99.data import cache as cache_module
+
+    src, _ = synthetic
+    no_network(monkeypatch)
+    data_dir, cache_dir = tmp_path / "mnist_png", tmp_path / "cache"
+    prepare.prepare_mnist_png(data_dir, source=src, progress=False, cache_dir=cache_dir)
+    decoded = {split: cache_module.load_split(data_dir / split, cache_dir=None) for split in prepare.SPLITS}
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the seeded cache was not used")
+
+    monkeypatch.setattr(cache_module, "decode_split", no_decoding)
+    for split in prepare.SPLITS:
+        images, labels, classes, skipped = cache_module.load_split(data_dir / split, cache_dir=cache_dir)
+        want = decoded[split]
+        assert torch.equal(images, want[0]) and torch.equal(labels, want[1])
+        assert classes == want[2] and skipped == () and len(labels) > 0

@@ -48,6 +48,21 @@ def load_split(root: Path, size: int = 28, channels: int = 1, on_bad_image: str 
     return images, labels, listing.classes, skipped
 
 
+def seed_split(root: Path, images, cache_dir: Path) -> None:
+    """Cache the grey split just written to `root` from `images` (uint8 (N, H, W); the file
+    `<class>/<index>.png` holds images[index]) exactly as decoding it would: a first run does
+    not read back the PNGs it has just written (PNG is lossless, so the pixels are the same)."""
+    import numpy as np
+
+    listing = list_split(root)
+    index = np.array([int(Path(f).stem) for f in listing.files])
+    size = images.shape[-1]
+    cache = cache_file(cache_dir, root, listing.fingerprint, size, 1, "error")
+    with _exclusive(cache):
+        _save(cache, {"images": torch.from_numpy(np.ascontiguousarray(images[index][:, None])),
+                      "labels": torch.tensor(listing.labels, dtype=torch.int64), "classes": list(listing.classes), "skipped": []})
+
+
 @contextlib.contextmanager
 def _exclusive(cache: Path | None):
     """Held by the one process that decodes and writes `cache`; nothing to hold without a cache

