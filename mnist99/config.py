@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import logging
@@ -10,7 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -59,6 +59,8 @@ def fastest_precision(accelerator: str = "auto") -> str:
     A GPU with bfloat16 (Ampere or later) and a CPU with AVX-512 or AMX run bf16 autocast faster
     than float32; on an AVX2 CPU oneDNN emulates it, and the same epoch takes about 5x longer
     (measured on an AMD EPYC)."""
+    import torch
+
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
@@ -67,6 +69,8 @@ def fastest_precision(accelerator: str = "auto") -> str:
 def cpu_has_native_bf16() -> bool:
     """Does PyTorch run this CPU's kernels with AVX-512 (which AMX CPUs have too)? oneDNN's bf16
     kernels need it; with AVX2 they are emulated."""
+    import torch
+
     return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
@@ -162,35 +166,94 @@ def _validate(cfg: DictConfig) -> None:
     _fractions(cfg, "scheduler.max_momentum", "A momentum is a number in [0, 1), e.g. 0.95.")
     for key in ("optimizer.decay_norm_and_bias", "scheduler.cycle_momentum", "data.normalize", "data.drop_last"):
         _boolean(cfg, key)
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not _cuda_available():
         raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator} (what trainer.gpus=N sets)"))
     if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
 
 
-def compose_checked(overrides: list[str]) -> DictConfig:
-    """The start-up checks of `python train.py <overrides>`, in-process: shorthands, misspelt keys,
-    Hydra's composition (unknown group options, syntax), impossible values. Every refusal is a
-    ConfigError."""
+def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str = "train",
+                    check_values: bool = True) -> DictConfig:
+    """The start-up checks of `python train.py <overrides>`, in-process and without torch or
+    Lightning: shorthands, unknown group options, misspelt keys, Hydra's composition (syntax),
+    impossible values. Every refusal is a ConfigError; what passes is the composed config."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     overrides = expand_shorthands(overrides)
-    message = unknown_override_keys(overrides)
+    message = unknown_group_options(overrides, config_dir)
     if message:
         raise ConfigError(message)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as e:  # Hydra raises all of these for bad overrides
-        said = " ".join(str(e).split())  # Hydra's lists and hints, on one line
-        raise ConfigError(f"The overrides {overrides} cannot be composed: {said}") from None
+        GlobalHydra.instance().clear()
+        said = " ".join(str(e).split("Config search path")[0].split())  # Hydra's lists and hints, on one line
+        # a misspelt key is the usual cause: named with the keys beside it, where Hydra says "not in struct"
+        message = unknown_override_keys(overrides, config_name, config_dir)
+        raise ConfigError(message or f"The overrides {' '.join(overrides)} cannot be composed: {said}") from None
     finally:
         GlobalHydra.instance().clear()
-    validate(cfg)
+    if check_values:
+        validate(cfg)
     return cfg
+
+
+def group_options(config_dir: str = CONFIG_DIR) -> dict[str, list[str]]:
+    """The config groups of config_dir and their options: {"model": ["cnn", "lenet", ...], ...}."""
+    root = Path(config_dir)
+    if not root.is_dir():
+        return {}
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(root.iterdir())
+        if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
+    }
+
+
+def _closest(word: str, candidates: list[str]) -> list[str]:
+    return difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+
+
+def unknown_group_options(args: list[str], config_dir: str = CONFIG_DIR) -> str | None:
+    """A message for `group=option` whose option has no file in the group (every value of a
+    sweep, `model=cnn,resnet81`, is checked), naming the closest options; None when all exist.
+    Checked on the command line, before composing: Hydra would answer with its search path, and
+    an `optional` group would silently run without the misspelt option."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
+        return None
+    groups = group_options(config_dir)
+    for o in overrides:  # config folders added on the command line (hydra.searchpath=[file://...]) add options
+        if o.key_or_group == "hydra.searchpath" and isinstance(o.value(), list):
+            for entry in map(str, o.value()):
+                if not entry.startswith("file://"):
+                    return None  # a package's configs: left to Hydra
+                for group, options in group_options(entry[len("file://"):]).items():
+                    groups[group] = sorted({*groups.get(group, []), *options})
+    for o in overrides:
+        group = o.key_or_group
+        if group not in groups or o.is_delete():
+            continue
+        try:
+            asked = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.value()]
+        except Exception:  # noqa: BLE001 - glob(...) and other sweeps that need Hydra's loader
+            continue
+        for option in asked:
+            if option is None or option in groups[group]:
+                continue
+            close = _closest(str(option), groups[group])
+            hint = f"Did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
+            return (f"{group}={option}: there is no option '{option}' in the config group '{group}'. {hint}"
+                    f"The options are: {', '.join(groups[group])} (one file each in conf/{group}/).")
+    return None
 
 
 def expand_shorthands(overrides: list[str]) -> list[str]:
@@ -214,7 +277,15 @@ def expand_shorthands(overrides: list[str]) -> list[str]:
     return out
 
 
+def _cuda_available() -> bool:
+    import torch  # only when a GPU is asked for: the other checks answer without torch
+
+    return torch.cuda.is_available()
+
+
 def _no_gpu_message(asked: str) -> str:
+    import torch
+
     return (
         f"{asked} asks for a GPU, but PyTorch sees no CUDA device on this machine "
         f"(torch {torch.__version__}, torch.cuda.is_available() is False). Run on the CPU with "
@@ -223,12 +294,12 @@ def _no_gpu_message(asked: str) -> str:
     )
 
 
-def unknown_override_keys(args: list[str], config_name: str = "train") -> str | None:
+def unknown_override_keys(args: list[str], config_name: str = "train", config_dir: str = CONFIG_DIR) -> str | None:
     """A message for `key=value` overrides whose key is not in the composed config, listing the
     keys that are there (Hydra itself only says 'not in struct'); None when all keys exist.
 
     Group choices (`model=mlp`) are composed first, so `model.net.hidden_size` is checked against
-    the chosen model. Appends (`+key=`), deletions and group sweeps are left to Hydra.
+    the chosen model. Appends (`+key=`) and deletions are left to Hydra.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -239,42 +310,49 @@ def unknown_override_keys(args: list[str], config_name: str = "train") -> str | 
         overrides = OverridesParser.create().parse_overrides(candidates)
     except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with its own message
         return None
-    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
     choices = [o for o in overrides if o.key_or_group.split("/")[0] in groups and "." not in o.key_or_group]
     keys = [o for o in overrides if o not in choices and not o.key_or_group.startswith("hydra")]
-    if not keys or any(o.is_sweep_override() for o in choices):
-        return None
-    if GlobalHydra.instance().is_initialized():
-        return None  # composed by a caller (tests, another app): nothing to check against here
+    if not keys or GlobalHydra.instance().is_initialized():
+        return None  # nothing to check, or composed by a caller (tests, another app)
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name, overrides=[o.input_line for o in choices])
-    except Exception:  # noqa: BLE001 - an unknown group option: Hydra lists the valid ones
+        # a sweep over options (model=cnn,mlp) is checked with its first option
+        chosen = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+                  for o in choices]
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name, overrides=chosen)
+    except Exception:  # noqa: BLE001 - an unknown group option or a glob: refused elsewhere with its own message
         return None
     finally:
         GlobalHydra.instance().clear()
     for o in keys:
-        *parents, leaf = o.key_or_group.split(".")
+        parts = o.key_or_group.split(".")
         node, path = cfg, []
-        for part in parents:
-            if not isinstance(node, DictConfig) or part not in node.keys():
+        while len(path) < len(parts) and isinstance(node, DictConfig) and parts[len(path)] in node.keys():
+            part = parts[len(path)]
+            if len(path) == len(parts) - 1 or OmegaConf.is_interpolation(node, part) or OmegaConf.is_missing(node, part):
+                path = parts  # it exists; its value is not read (it may need a running Hydra app, ${hydra:...}, or be ???)
                 break
             node, path = node[part], [*path, part]
-        else:
-            if isinstance(node, DictConfig) and leaf in node.keys():
-                continue
+        if len(path) == len(parts):
+            continue
         where = ".".join(path) or "the top level"
-        valid = ", ".join(sorted(str(k) for k in node.keys())) if isinstance(node, DictConfig) else "(none: it is not a section)"
-        return (
-            f"Unknown config key '{o.key_or_group}' in the override '{o.input_line}'. The keys under {where} are: "
-            f"{valid}. Check the spelling, or add a new key on purpose with +{o.input_line}."
-        )
+        present = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+        valid = ", ".join(present) or "(none: it is not a section)"
+        close = [".".join([*path, c]) for c in _closest(parts[len(path)], present)]
+        if not path and len(parts) == 1:  # `modle=cnn`: a misspelt group reads best as the choice
+            close = [f"{c}={o.value()}" if c in groups else c for c in close]
+        advice = (f"Did you mean {' or '.join(close)}? " if close else
+                  f"Check the spelling, or add a new key on purpose with +{o.input_line}. ")
+        return f"Unknown config key '{o.key_or_group}' in the override '{o.input_line}'. {advice}The keys under {where} are: {valid}."
     return None
 
 
 def drop_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
     """SyncBatchNorm needs CUDA: on a CPU, DDP (trainer=ddp) averages gradients but keeps each
     process's BatchNorm statistics its own."""
+    import torch
+
     on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if cfg.trainer.get("sync_batchnorm") and on_cpu:
         log.info("trainer.sync_batchnorm needs a GPU; running without it on the CPU")
@@ -285,6 +363,7 @@ def share_machine(cfg: DictConfig) -> None:
     """Under a parallel launcher, give this job its share of the CPU threads (N jobs each running
     every core's worth of threads would slow each other down) and, with several GPUs, a GPU of
     its own: hydra/launcher=joblib with n_jobs=N, or submitit with cpus_per_task."""
+    import torch
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():

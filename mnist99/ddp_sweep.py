@@ -13,15 +13,18 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
-import torch
 from omegaconf import DictConfig
 
 from mnist99.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("mnist99")
 
@@ -81,7 +84,8 @@ def child_argv(argv: list[str]) -> list[str]:
 
 
 def drop_process_group() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = sys.modules.get("torch")  # None when no run started (--help, --cfg job): nothing to drop
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

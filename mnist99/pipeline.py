@@ -156,8 +156,10 @@ class Outcome:
     error: BaseException | None = None  # a crash's exception, for the caller to re-raise or log
 
 
-def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Outcome:
-    """train(cfg), with run.yaml in run_dir saying how it went (written on rank 0 only)."""
+def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str], discard_refused: bool = False) -> Outcome:
+    """train(cfg), with run.yaml in run_dir saying how it went (written on rank 0 only). With
+    discard_refused, a run refused before it trained (bad data, a checkpoint that does not fit)
+    leaves no run folder behind (RunRecord.discard); a sweep keeps its failed jobs' records."""
     record = RunRecord(run_dir, cfg, overrides, choices(cfg)) if rank_zero_only.rank == 0 else None
     try:
         metrics = train(cfg)
@@ -170,7 +172,13 @@ def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Outcom
             outcome, error = Outcome("interrupted", message=message, signum=e.signum), message
         else:
             outcome, error = Outcome("diverged" if isinstance(e, DivergedError) else "failed", message=message), message
-        if record:
+        if not record:
+            return outcome
+        # "failed" is a refusal at build time (data, checkpoint, trainer settings): a new run that
+        # wrote no checkpoint, or a resumed one, has nothing worth a record
+        if discard_refused and outcome.status == "failed" and (record.earlier_text or not (run_dir / "checkpoints").exists()):
+            record.discard()
+        else:
             record.finish(outcome.status, error=error)
         return outcome
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 # The command line as the user typed it (set by train.main before rewriting it for a resume).
@@ -55,6 +55,8 @@ def versions() -> dict[str, str]:
 def save_config(cfg: DictConfig, run_dir: Path | None = None) -> None:
     """The resolved config as config.yaml in the run folder (what eval.py and predict.py build the
     model from); without run_dir, in cfg.paths.output_dir if a run there already wrote one."""
+    from lightning.pytorch.utilities import rank_zero_only  # a run has it loaded already
+
     if rank_zero_only.rank != 0:
         return
     if run_dir is None:
@@ -74,7 +76,8 @@ class RunRecord:
         self.path = Path(run_dir) / "run.yaml"
         self.start = time.time()
         resumed = cfg.get("resume_ckpt") and self.path.is_file()
-        earlier = (yaml.safe_load(self.path.read_text()) or {}) if resumed else {}
+        self.earlier_text = self.path.read_text() if resumed else None  # put back if this attempt is refused
+        earlier = (yaml.safe_load(self.earlier_text) or {}) if resumed else {}
         self.data: dict[str, Any] = {
             "status": "running",
             "command": COMMAND or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -100,6 +103,14 @@ class RunRecord:
     def finish(self, status: str, **fields: Any) -> None:
         self.data.update(status=status, wall_seconds=round(self.seconds, 1), **fields)
         self.write()
+
+    def discard(self) -> None:
+        """Leave no trace of a run refused before it trained: a new run's folder goes (it is not a
+        run that predict.py, eval.py or resume= should find), a resumed run's record is as before."""
+        if self.earlier_text is not None:
+            self.path.write_text(self.earlier_text)
+        else:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
     def write(self) -> None:
         self.path.write_text(yaml.safe_dump(self.data, sort_keys=False))

@@ -47,7 +47,7 @@ def test_generated_overrides_validate_or_fail_clearly(args):
 
 def test_the_checks_accept_good_overrides_and_name_bad_ones():
     assert compose_checked(["model=mlp", "optimizer.lr=0.1", "data.batch_size=64"]).optimizer.lr == 0.1
-    for bad, named in (["optimizer.lr=-1"], "optimizer.lr=-1"), (["data.std=abc"], "data.std"), (["model=nope"], "model/nope"), \
+    for bad, named in (["optimizer.lr=-1"], "optimizer.lr=-1"), (["data.std=abc"], "data.std"), (["model=nope"], "no option 'nope' in the config group 'model'"), \
                       (["data.batch_size=${nope}"], "cannot be read"), (["model=null"], "cannot be composed"):
         try:
             compose_checked(bad)

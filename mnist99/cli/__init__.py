@@ -7,9 +7,12 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import NoReturn
 
-from mnist99.config import expand_shorthands, register_resolvers, unknown_override_keys
+from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
+                            unknown_group_options, unknown_override_keys)
+from mnist99.errors import ConfigError
 
 # Batches come from in-memory tensors: worker processes would only add start-up time.
 QUIET_WARNINGS = (
@@ -40,11 +43,59 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def checked_argv(argv: list[str], config_name: str) -> list[str]:
-    """argv with the shorthands expanded (trainer.gpus=N), or a one-paragraph exit for a
-    misspelt key, listing the keys that are there."""
+# Hydra's flags that take a value (`--cfg job`), and those after which no run starts.
+VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p",
+               "--experimental-rerun")
+NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
+
+
+def print_help(config_dir: str = CONFIG_DIR) -> None:
+    """`--help` as Hydra prints it from the app's help template (conf/hydra/default.yaml), its
+    $APP_CONFIG_GROUPS listed straight from the config folders: Hydra builds that list by
+    composing each group, a second of work for an answer a user waits on."""
+    from omegaconf import OmegaConf
+
+    template = OmegaConf.load(Path(config_dir) / "hydra" / "default.yaml").help.template
+    groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in group_options(config_dir).items())
+    print(template.replace("$APP_CONFIG_GROUPS", groups))
+
+
+def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Hydra's command line as ({flag: value or ""}, overrides)."""
+    flags, overrides, i = {}, [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-") and "=" in arg and arg.split("=", 1)[0] in VALUE_FLAGS:  # --cfg=job
+            flags[arg.split("=", 1)[0]] = arg.split("=", 1)[1]
+        elif arg in VALUE_FLAGS:
+            flags[arg] = args[i + 1] if i + 1 < len(args) else ""
+            i += 1
+        elif arg.startswith("-"):
+            flags[arg] = ""
+        else:
+            overrides.append(arg)
+        i += 1
+    return flags, overrides
+
+
+def checked_argv(argv: list[str], config_name: str, check_values: bool = False) -> list[str]:
+    """argv with the shorthands expanded (trainer.gpus=N), or a one-paragraph exit for an unknown
+    group option, a misspelt key or, with check_values, an impossible value: all before Hydra
+    makes a run folder, and without the training stack."""
     argv = [argv[0], *expand_shorthands(argv[1:])]
-    message = unknown_override_keys(argv[1:], config_name)
-    if message:
-        fail(message)
+    flags, overrides = split_argv(argv[1:])
+    if any(f in flags for f in NO_RUN_FLAGS):
+        return argv
+    config_dir = flags.get("--config-path") or flags.get("-cp") or CONFIG_DIR
+    name = flags.get("--config-name") or flags.get("-cn") or config_name
+    sweep = "-m" in flags or "--multirun" in flags
+    try:
+        if sweep:  # its values are checked job by job: one bad value fails its job, not the sweep
+            message = unknown_group_options(overrides, str(config_dir)) or unknown_override_keys(overrides, name, str(config_dir))
+            if message:
+                raise ConfigError(message)
+        else:
+            compose_checked(overrides, str(config_dir), name, check_values=check_values)
+    except ConfigError as e:
+        fail(str(e))
     return argv

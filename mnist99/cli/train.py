@@ -1,5 +1,8 @@
 """`python train.py` / `mnist99-train`: compose the config with Hydra, run it (mnist99.pipeline),
-print a summary line, and exit with a code a shell or a scheduler can act on."""
+print a summary line, and exit with a code a shell or a scheduler can act on.
+
+Everything up to the start of a run (--help, --cfg job, every refusal of a misspelt or impossible
+override) answers without importing torch or Lightning: the training stack is imported in `run`."""
 
 from __future__ import annotations
 
@@ -11,15 +14,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import ddp_sweep, run_info
-from mnist99.build import choices
-from mnist99.cli import checked_argv, fail, setup_process
-from mnist99.config import CONFIG_DIR, new_folder
+from mnist99.cli import checked_argv, fail, print_help, setup_process
+from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
-from mnist99.pipeline import optimized_value, run_recorded
 from mnist99.sweep import LAST_SWEEP
 
 log = logging.getLogger("mnist99")
@@ -29,6 +29,8 @@ def run(cfg: DictConfig) -> float | None:
     """One job: train and record it; print its summary or its one-paragraph error. A single run
     exits with 2 (failed, diverged) or 128+signal (interrupted); a sweep's job returns
     `failed_value` so the sweep goes on. Returns the optimized metric for a sweeper."""
+    from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
@@ -39,7 +41,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         if multirun:
             ddp_sweep.check_supported(cfg)
-        outcome = run_recorded(cfg, run_dir, overrides)
+        outcome = run_recorded(cfg, run_dir, overrides, discard_refused=not multirun)
     except ConfigError as e:  # before the job started: nothing to record
         if multirun:
             print(f"\nmnist99: error: {e}\n", file=sys.stderr)
@@ -65,8 +67,13 @@ def run(cfg: DictConfig) -> float | None:
     return optimized_value(cfg, outcome.metrics)
 
 
-@rank_zero_only
 def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from mnist99.build import choices
+
+    if rank_zero_only.rank != 0:
+        return
     model = choices(cfg).get("model", OmegaConf.select(cfg, "model._target_"))
     acc = metrics.get("test/acc")
     acc_txt = f"test/acc={acc:.4f}" if acc is not None else "test/acc=n/a"
@@ -102,6 +109,13 @@ def resume_argv(argv: list[str]) -> list[str]:
                 "or one of its .ckpt files."
             )
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    swapped = [a for a in rest if a.split("=", 1)[0].lstrip("+~") in group_options()]
+    if swapped:
+        raise ConfigError(
+            f"resume={asked[-1]} continues the run with its own saved config, whose groups are already composed, so "
+            f"{' '.join(swapped)} cannot swap one. Change keys instead (e.g. trainer.max_epochs=N, optimizer.lr=...), "
+            "or start a new run with that option."
+        )
     quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731
     # The saved config is composed without its groups, so a task_name taken from a group choice
     # (the model's name) would be lost: keep the name the run had, from its resolved config.
@@ -130,6 +144,9 @@ def occupied_run_dir(overrides: list[str]) -> str | None:
 def main() -> None:
     """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
     setup_process()
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print_help()
+        return
     # a fresh start when called again in one process (tests, notebooks): no earlier sweep's
     # failures, no run folder remembered from an earlier run
     LAST_SWEEP.jobs = LAST_SWEEP.failed = 0
@@ -137,7 +154,7 @@ def main() -> None:
     sys.argv = ddp_sweep.child_argv(sys.argv)
     run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
     try:
-        sys.argv = checked_argv(resume_argv(sys.argv), "train")
+        sys.argv = checked_argv(resume_argv(sys.argv), "train", check_values=True)
     except ConfigError as e:
         fail(str(e))
     message = occupied_run_dir(sys.argv[1:])

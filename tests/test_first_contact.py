@@ -1,0 +1,105 @@
+"""What a new user meets before any training: --help, refusals of misspelt options and keys and of
+impossible values, each in one paragraph, fast (no torch or Lightning imported), and no run folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_in_process
+
+# A new interpreter that runs train.py's main with ARGV and then says whether the training stack
+# was imported on the way: the checks must answer without it.
+PROBE = """
+import runpy, sys
+sys.argv, code = ["train.py", *sys.argv[1:]], 0
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("EXIT", code, "torch" in sys.modules, "lightning" in sys.modules, file=sys.stderr)
+"""
+
+
+def probe(*args: str, tmp_path) -> tuple[int, str, str, bool]:
+    """(exit status, stdout, stderr without the probe's line, whether torch/lightning were imported)."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args, f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    *rest, last = proc.stderr.rstrip().splitlines()
+    _, code, torch_loaded, lightning_loaded = last.split()
+    return int(code), proc.stdout, "\n".join(rest), torch_loaded == "True" or lightning_loaded == "True"
+
+
+MISSPELT = [
+    ("experiment=fats", "Did you mean experiment=fast?"),
+    ("debug=fdrr", "Did you mean debug=fdr?"),
+    ("model=resnet81", "Did you mean model=resnet18"),
+    ("hparams_search=optina", "Did you mean hparams_search=optuna?"),
+    ("modle=cnn", "Did you mean model=cnn?"),
+    ("optimizer.lrr=0.1", "Did you mean optimizer.lr?"),
+    ("model.net.widht=[8,16]", "Did you mean model.net.widths?"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 is impossible"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is impossible"),
+    ("data=folder", "data=folder trains on your own image folder, and none was given"),
+]
+
+
+@pytest.mark.parametrize("override,expected", MISSPELT, ids=[m[0] for m in MISSPELT])
+def test_a_misspelt_or_impossible_override_is_refused_in_one_paragraph_and_leaves_nothing(override, expected, tmp_path):
+    proc = run_in_process("train", override, f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    message = proc.stderr.strip()
+    assert message.startswith("mnist99: error: ") and expected in message, message
+    assert "\n" not in message and "Config search path" not in message and "HYDRA_FULL_ERROR" not in message
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # no run folder, nothing to pick up later
+
+
+def test_an_unknown_option_lists_the_group_and_a_key_far_from_any_suggests_plus():
+    proc = run_in_process("train", "experiment=zzz")
+    assert "The options are: accurate, best, blog_linear" in proc.stderr and "Did you mean" not in proc.stderr
+    proc = run_in_process("train", "optimizer.qqqqq=1")
+    assert "add a new key on purpose with +optimizer.qqqqq=1" in proc.stderr
+
+
+def test_a_misspelt_option_inside_a_sweep_is_refused_before_any_job(tmp_path):
+    proc = run_in_process("train", "-m", "model=linear,resnet81", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 2 and "Did you mean model=resnet18" in proc.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_checks_answer_without_importing_torch_or_lightning(tmp_path):
+    code, _, err, loaded = probe("experiment=fats", tmp_path=tmp_path)
+    assert code == 2 and "Did you mean experiment=fast?" in err and not loaded
+    code, _, err, loaded = probe("optimizer.lr=-1", tmp_path=tmp_path)
+    assert code == 2 and "optimizer.lr=-1 is impossible" in err and not loaded
+    code, out, _, loaded = probe("--cfg", "job", "model=mlp", tmp_path=tmp_path)
+    assert code == 0 and "mnist99.models.nets.MLP" in out and not loaded
+
+
+def test_help_shows_usage_examples_and_every_group(tmp_path):
+    code, out, _, loaded = probe("--help", tmp_path=tmp_path)
+    assert code == 0 and not loaded
+    assert "usage: python train.py [group=option ...] [key=value ...]" in out
+    for example in ("python train.py experiment=fast", "python train.py model=resnet18 trainer.gpus=1", "python train.py -m ",
+                    "resume=outputs/runs/<run>", "data=folder data.data_dir=", "--cfg job", "--hydra-help"):
+        assert example in out, example
+    assert "experiment: accurate, best," in out and "model: cnn, lenet, linear," in out
+    assert "mnist99.data.datamodule" not in out  # not the 188-line config dump
+
+
+def test_data_refused_after_start_leaves_no_run_folder(tmp_path):
+    proc = run_in_process("train", "data=folder", f"data.data_dir={tmp_path / 'nowhere'}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert proc.returncode == 2 and "holds nothing (it does not exist)" in proc.stderr
+    assert not (tmp_path / "logs" / "runs").exists() or not any((tmp_path / "logs" / "runs").iterdir())
+
+
+def test_the_quick_help_is_hydras_own_help():
+    """--help is printed without Hydra's (slow) group listing, from the same template: both agree."""
+    quick = run_in_process("train", "--help")
+    hydras = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['train.py', '--help']\n"
+                             "from mnist99.cli.train import hydra_main; hydra_main()"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert quick.returncode == hydras.returncode == 0
+    lines = lambda text: [line for line in text.splitlines() if line.strip()]  # noqa: E731 - Hydra adds a blank line
+    assert lines(quick.stdout) == lines(hydras.stdout) and "usage: python train.py" in quick.stdout
