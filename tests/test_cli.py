@@ -33,8 +33,8 @@ def finished_run(tiny_tree, tmp_path_factory):
 
 def test_run_prints_summary_and_records_itself(finished_run):
     proc, run_dir = finished_run
-    assert run_dir.name.endswith("_cnn")  # task_name: the model's name when no experiment names the run
-    assert "mnist99: task=cnn model=cnn test/acc=" in proc.stdout and str(run_dir.name) in proc.stdout
+    assert run_dir.name.endswith("_lenet")  # task_name: the model's name when no experiment names the run
+    assert "mnist99: task=lenet model=lenet test/acc=" in proc.stdout and str(run_dir.name) in proc.stdout
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 2
     assert record["versions"]["torch"] == metadata.version("torch")
@@ -61,8 +61,8 @@ def test_tensorboard_events_hold_metrics_and_hparams(finished_run):
     # the hparams summary declares the real metrics, never a placeholder hp_metric
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["model"].string_value == "cnn"
-    assert start.hparams["lr"].number_value == pytest.approx(0.003)
+    assert start.hparams["model"].string_value == "lenet"
+    assert start.hparams["lr"].number_value == pytest.approx(0.01)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc_best", "test/acc"}
     assert "hp_metric" not in tags
@@ -85,11 +85,11 @@ def test_multirun_two_jobs(tiny_tree, tmp_path):
 BAD = [
     ("trainer.gpus=1", "trainer.accelerator=cpu"),
     ("optimizer.lr=-1", "optimizer.lr=-1 is impossible"),
-    ("model=resnet999", "Available options in 'model'"),
+    ("model=resnet999", "there is no option 'resnet999' in the config group 'model'"),
     ("data.batch_size=0", "data.batch_size=0 is impossible"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is impossible"),
     ("optimizer.lrr=0.1", "The keys under optimizer are: _partial_, _target_, betas, decay_norm_and_bias, eps, lr, weight_decay"),
-    ("model.net.hidden_size=5", "The keys under model.net are: _target_, in_channels, num_classes, stem_kernel"),
+    ("model.net.hidden_sizes=5", "Did you mean model.net.hidden_size or model.net.image_size? The keys under model.net are: _target_, hidden_size"),
     ("data.batch_size=abc", "data.batch_size='abc' is impossible"),
     ("data.val_size=100000", "data.val_size=100000 is impossible"),
 ]

@@ -56,7 +56,7 @@ def dashboard(tiny_tree, tmp_path):
 @pytest.mark.timeout(300)
 def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard):
     (run,) = get(f"{dashboard}/data/runs")
-    assert run.startswith("runs/") and run.endswith("_cnn")
+    assert run.startswith("runs/") and run.endswith("_lenet")
 
     tags = get(f"{dashboard}/data/plugin/scalars/tags")[run]
     assert {"train/loss", "val/acc", "val/acc_best", "test/acc"} <= set(tags)
@@ -71,7 +71,7 @@ def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard):
         "colParams": [{"hparam": "model"}, {"metric": {"tag": "test/acc", "group": ""}}], "startIndex": 0, "sliceSize": 10,
     })["sessionGroups"]
     (group,) = groups
-    assert group["hparams"]["model"] == "cnn"
+    assert group["hparams"]["model"] == "lenet"
     metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
     assert 0 < metrics["test/acc"] <= 1 and metrics["val/acc_best"] == max(v for _, _, v in val_acc)
 

@@ -34,7 +34,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(make_cfg, tmp
         fit_and_test(cfg, extra_callbacks=[Poison(epoch=1)])
     message = str(e.value)
     # 340 training images in batches of 32: 11 steps in epoch 0, so the first poisoned step is step 12
-    assert "became nan at step 12 (epoch 1)" in message and "optimizer.lr=0.003" in message
+    assert "became nan at step 12 (epoch 1)" in message and "optimizer.lr=0.01" in message
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert f"The last good checkpoint is kept: {last}" in message and last.is_file()
     state = torch.load(last, weights_only=True)

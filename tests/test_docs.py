@@ -24,6 +24,8 @@ REFUSED = {
     ("optimizer.lr=-1",),
     ("optimizer.lrr=0.1",),
     ("model=resnet999",),
+    ("model=resnet81",),
+    ("modle=cnn",),
     ("experiment=fats",),
 }
 

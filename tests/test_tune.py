@@ -23,7 +23,7 @@ def test_lr_find_writes_plot_and_a_suggestion_in_range(make_cfg, tmp_path):
 def test_use_suggested_lr_trains_with_it(make_cfg, tmp_path):
     cfg = make_cfg(*BASE, "tune.use_suggested_lr=true")
     metrics = train(cfg)
-    assert cfg.optimizer.lr == pytest.approx(metrics["tune/suggested_lr"]) and cfg.optimizer.lr != 0.003
+    assert cfg.optimizer.lr == pytest.approx(metrics["tune/suggested_lr"]) and cfg.optimizer.lr != 0.01
     assert yaml.safe_load((tmp_path / "hparams.yaml").read_text())["lr"] == pytest.approx(cfg.optimizer.lr)
 
 
