@@ -167,6 +167,7 @@ echo '{"per_epoch": [{"accuracy": 0.5, "seconds": 3.0}, {"accuracy": 0.75, "seco
 """
 
 
+@pytest.mark.slow  # two training processes: ~20 s
 def test_side_by_side_script_runs_both_and_tabulates(tiny_tree, tmp_path):
     """mnist99's blog recipe (cut to a few batches) beside a stand-in for fastai: the per-epoch
     accuracy and seconds come back from mnist99's TensorBoard events and fastai's JSON."""

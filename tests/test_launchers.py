@@ -23,6 +23,7 @@ def statuses(log_dir):
     return sweep, [r["status"] for r in csv.DictReader((sweep / "summary.csv").open())]
 
 
+@pytest.mark.slow  # two launchers x a two-job sweep in new processes: ~35 s
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=0"],
@@ -48,6 +49,7 @@ def finished(db) -> int:
     return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
+@pytest.mark.slow  # three Optuna studies: ~30 s
 @pytest.mark.timeout(300)
 def test_optuna_search_resumes_to_its_total(tiny_tree, tmp_path):
     """Killed after 2 trials and started again with the same command: 6 evaluated trials in total."""
@@ -88,6 +90,7 @@ def test_a_diverged_trial_reports_the_worst_value(tiny_tree, tmp_path):
     assert results["best_params"]["optimizer.lr"] == 0.05 and results["best_value"] > 0
 
 
+@pytest.mark.slow  # two DDP jobs of two processes each: ~40 s (one DDP run: test_cli.py)
 @pytest.mark.timeout(300)  # a DDP bug shows as a hang
 def test_ddp_jobs_inside_a_multirun_leave_no_stray_folders(tiny_tree, tmp_path):
     """Each DDP job's second process writes into its own job folder: two jobs, two folders, nothing else."""

@@ -116,3 +116,9 @@ def test_train_further_on_the_command_line(tiny_tree, tmp_path):
             "step 50: 25 more steps, with a new one-cycle schedule (peak learning rate 0.01).") in again.stdout, again.stdout
     summary = [line for line in again.stdout.splitlines() if line.startswith("mnist99: task=fast")]
     assert summary and re.search(r"test/acc=\d\.\d{4} .* epochs=2 ", summary[0]), again.stdout[-2000:]
+    # a group cannot be swapped on a resume (its saved config is composed already): one paragraph,
+    # and the finished run's record is left as it was
+    record = (run_dir / "run.yaml").read_text()
+    swap = run_in_process("train", f"resume={run_dir}", "scheduler=cosine", "trainer.max_epochs=3", cwd=tmp_path)
+    assert swap.returncode == 2 and "scheduler=cosine cannot swap one" in swap.stderr and "Traceback" not in swap.stderr
+    assert (run_dir / "run.yaml").read_text() == record
