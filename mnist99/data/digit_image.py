@@ -1,7 +1,7 @@
 """Any picture of one digit -> an MNIST-style image: grey, white digit on black, 28x28, the digit
 scaled into a 20x20 box and centred by its centre of mass (how MNIST itself was made).
 
-The rules, in order (README "Predict" repeats them):
+The rules, in order (docs/outputs.md, "Predicting your own images", repeats them):
 1. Transparency: an image whose alpha channel varies (a digit drawn on a transparent canvas) uses
    the alpha as the ink, whatever the stroke colour. Otherwise the picture is converted to grey
    (ITU-R 601-2 luma, PIL's "L").
