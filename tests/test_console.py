@@ -38,6 +38,11 @@ def test_a_short_run_prints_the_data_the_model_the_bars_and_the_summary_line(tin
     assert "net.0  Conv2d" in out and "net.7  Linear  205,056" in out, out
     assert "mnist99: task=fast model=lenet test/acc=" in out
     assert len([line for line in out.splitlines() if line.strip()]) <= 20, out
+    # the messages alone on the console (Hydra's [time][module][INFO] prefix stays in train.log)
+    assert any(line.startswith("Data: 340 training images (60 held out for validation), 120 test images")
+               for line in out.splitlines()), out[:500]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "][mnist99.data.datamodule][INFO] - Data: 340 training images" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.parametrize("name", ["mlp", "linear", "cnn", "resnet18", "resnet152"])

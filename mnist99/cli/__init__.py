@@ -25,6 +25,17 @@ QUIET_WARNINGS = (
 )
 
 
+class ConsoleFormatter(logging.Formatter):
+    """The console's log lines (conf/hydra/default.yaml, job_logging): the message alone, and
+    "warning:" before a warning or an error; train.log in the run folder keeps time and module."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
 def setup_process(quiet_lightning: bool = False) -> None:
     """What every command does once before Hydra starts: mnist99's resolvers, and silence for
     warnings that say nothing to a user of this project (and, for eval and predict, for

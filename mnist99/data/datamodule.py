@@ -291,9 +291,10 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _log_sizes(self) -> None:
         train_root, test_root = self.splits
+        val = (f"{len(self.data_val)} held out for validation" if self.val_size else f"validation on the {len(self.data_test)} test images")
         log.info(
-            "Data: %d train, %d val, %d test images, %d classes, %dx%d %s, from %s (train: %s/, test: %s/)",
-            len(self.data_train), len(self.data_val), len(self.data_test), len(self.classes), self.image_size,
+            "Data: %d training images (%s), %d test images, %d classes, %dx%d %s, from %s (train: %s/, test: %s/)",
+            len(self.data_train), val, len(self.data_test), len(self.classes), self.image_size,
             self.image_size, "grey" if self.channels == 1 else "colour", self.data_dir, train_root.name, test_root.name,
         )
 
