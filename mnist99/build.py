@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, Progr
 from omegaconf import DictConfig
 
 from mnist99 import ddp_sweep
-from mnist99.console import LogIntervalWithinEpoch, UnevenTestSplit, quiet_lightning
+from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
+from mnist99.console import quiet_lightning
 from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
@@ -95,8 +96,8 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """The Trainer of cfg.trainer (kwargs override its keys), quiet: Lightning's notices and its
     pointless warnings off (console.quiet_lightning), log_every_n_steps at most an epoch
-    (console.LogIntervalWithinEpoch), an uneven DDP test split said in mnist99's words
-    (console.UnevenTestSplit), and no model summary of Lightning's: the summary is the callbacks
+    (callbacks.LogIntervalWithinEpoch), an uneven DDP test split said in mnist99's words
+    (callbacks.UnevenTestSplit), and no model summary of Lightning's: the summary is the callbacks
     group's (NetSummary), which build_callbacks leaves out when trainer.enable_model_summary=false."""
     quiet_lightning()
     callbacks = list(kwargs.pop("callbacks", None) or [])

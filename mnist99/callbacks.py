@@ -484,3 +484,55 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.restore_handlers()
+
+
+def training_batches(trainer: L.Trainer) -> int | None:
+    """The training batches of one epoch on each device, counted as Lightning will count them
+    (the datamodule's training set and batch size, split across devices, then limit_train_batches
+    or overfit_batches); None for a datamodule that does not say its training set and batch size."""
+    dm = trainer.datamodule
+    data, batch_size = getattr(dm, "data_train", None), getattr(dm, "batch_size", None)
+    if data is None or not batch_size:
+        return None
+    try:
+        n = math.ceil(len(data) / max(trainer.world_size, 1))  # DistributedSampler pads to a whole share
+    except TypeError:  # a dataset without a length
+        return None
+    batches = n // batch_size if getattr(dm, "drop_last", False) else math.ceil(n / batch_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        return min(batches, limit)
+    return int(batches * limit) if isinstance(limit, float) else batches
+
+
+class LogIntervalWithinEpoch(L.Callback):
+    """trainer.log_every_n_steps brought down to the number of training batches of an epoch that is
+    shorter (a small data set, limit_train_batches, debug=limit): train/loss is then logged once an
+    epoch instead of never, and Lightning has nothing to warn about ("The number of training batches
+    (5) is smaller than the logging interval Trainer(log_every_n_steps=50)"). Set before Lightning
+    reads the data (setup), so the model's own check (is_logging_step) agrees."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.fast_dev_run or trainer.log_every_n_steps <= 0:
+            return
+        batches = training_batches(trainer)
+        if batches and batches < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = batches
+
+
+class UnevenTestSplit(L.Callback):
+    """A test on several devices whose test set does not split evenly: Lightning's DistributedSampler
+    then repeats a few images to give each device as many, and they count twice in test/acc.
+    Said once, when it happens, with the way to the exact figure (Lightning's own warning, given
+    for every test on several devices, is silenced)."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data = getattr(trainer.datamodule, "data_test", None)
+        world = trainer.world_size
+        if world <= 1 or data is None or not trainer.is_global_zero:
+            return
+        n = len(data)
+        if n % world:
+            log.warning("Testing on %d devices: the %d test images do not split evenly, so %d of them are tested twice "
+                        "and test/acc is off by up to %.2g points. For the exact figure, test the run again on one device: "
+                        "python eval.py ckpt_path=<the run folder>", world, n, world - n % world, 100 * (world - n % world) / n)

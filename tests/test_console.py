@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from mnist99.build import build_callbacks, build_trainer
 from mnist99.callbacks import NetSummary, human, summary_lines
-from mnist99.console import UnevenTestSplit
+from mnist99.callbacks import UnevenTestSplit
 from mnist99.models import nets
 from mnist99.models.classifier import Classifier, ScratchLinear
 from mnist99.pipeline import fit_and_test
@@ -93,7 +93,7 @@ def test_an_epoch_shorter_than_the_log_interval_logs_once_an_epoch_without_a_war
 
 def test_a_test_set_that_does_not_split_evenly_across_devices_is_said_in_our_words(caplog):
     trainer = SimpleNamespace(world_size=3, is_global_zero=True, datamodule=SimpleNamespace(data_test=range(10000)))
-    with caplog.at_level("WARNING", logger="mnist99.console"):
+    with caplog.at_level("WARNING", logger="mnist99.callbacks"):
         UnevenTestSplit().on_test_start(trainer, None)
         assert "the 10000 test images do not split evenly, so 2 of them are tested twice" in caplog.text
         assert "python eval.py ckpt_path=" in caplog.text

@@ -4,48 +4,25 @@ What they run is the library (mnist99.pipeline, mnist99.evaluate, mnist99.predic
 
 from __future__ import annotations
 
-import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from mnist99 import console
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
                             unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError
-
-# Batches come from in-memory tensors: worker processes would only add start-up time.
-QUIET_WARNINGS = (
-    ".*does not have many workers.*",
-    ".*`configure_optimizers` returned `None`.*",
-    ".*treespec.*LeafSpec.*",  # lightning 2.6 on torch >= 2.10
-    ".*is not supported by the model summary.*",  # its size estimate; the counts are right
-    # The datamodule resumes mid-epoch itself (same order, the trained batches skipped): see EpochShuffle.
-    ".*resuming from a checkpoint that ended before the epoch ended.*",
-)
-
-
-class ConsoleFormatter(logging.Formatter):
-    """The console's log lines (conf/hydra/default.yaml, job_logging): the message alone, and
-    "warning:" before a warning or an error; train.log in the run folder keeps time and module."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:
-            text = f"{text}\n{self.formatException(record.exc_info)}"
-        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
     """What every command does once before Hydra starts: mnist99's resolvers, and silence for
     warnings that say nothing to a user of this project (and, for eval and predict, for
-    Lightning's start-up notices)."""
+    Lightning's start-up notices; a training run's trainer does that itself)."""
     register_resolvers()
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
     if quiet_lightning:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        console.quiet_lightning()
+    else:
+        console.quiet_warnings()
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
