@@ -264,8 +264,8 @@ def _write_chunk(images: np.ndarray, paths: list[str]) -> int:
 
 def _write_chunks(chunks: list) -> Iterator[int]:
     """Write the chunks, yielding each one's count as it is done. Encoding a PNG is mostly Python
-    (PIL's plugin) holding the GIL, so PNG_WORKERS processes share the work (about 2.5x faster
-    on 2 cores than one); with 1, everything runs here, in this process."""
+    (PIL's plugin) holding the GIL, so PNG_WORKERS processes share the work (MNIST's 70,000 in
+    9-10 s on 2 cores against 13.9 s in one, on the AVX2 EPYC); with 1, everything runs here."""
     if PNG_WORKERS <= 1 or len(chunks) <= 1:
         yield from (_write_chunk(*chunk) for chunk in chunks)
         return
