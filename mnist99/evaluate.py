@@ -7,43 +7,75 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mnist99.build import build_model
 from mnist99.callbacks import ErrorAnalysis
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.errors import ConfigError
+from mnist99.standalone import stored_run
+from hydra.utils import instantiate
 
 
 def locate(target: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint): a run folder means the weights its own test used (run.yaml)."""
+    """(folder, checkpoint). A run folder means the weights its own test used (run.yaml), else its
+    checkpoints/last.ckpt. A .ckpt means its run folder where it lies in one (config.yaml two levels
+    up), else the folder it lies in: a checkpoint copied alone, whose results go beside it."""
     path = Path(target).expanduser().resolve()
     if path.is_file():
-        run_dir, ckpt = path.parent.parent, path
+        ckpt = path
+        run_dir = path.parent.parent if (path.parent.parent / "config.yaml").is_file() else path.parent
     else:
         run_dir = path
         tested = (yaml.safe_load((path / "run.yaml").read_text()) or {}).get("tested_weights", "") if (path / "run.yaml").is_file() else ""
         ckpt = Path(tested) if tested.endswith(".ckpt") else path / "checkpoints" / "last.ckpt"
-    for needed in (run_dir / "config.yaml", ckpt):
-        if not needed.is_file():
-            raise ConfigError(f"ckpt_path={target}: {needed} does not exist. Pass the folder of a run made by train.py "
-                              "(it holds config.yaml and checkpoints/), or one of its .ckpt files.")
+    if not ckpt.is_file():
+        missing = ckpt if path.is_dir() else path
+        raise ConfigError(f"ckpt_path={target}: {missing} does not exist. Pass the folder of a run made by train.py "
+                          "(it holds config.yaml and checkpoints/), or a .ckpt file it wrote, from any folder.")
     return run_dir, ckpt
 
 
 def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    model = build_model(cfg)
+    """(config, model in eval mode with the weights of `ckpt`), the config being the checkpoint's
+    own (mnist99.standalone) or, for one written before checkpoints held it, run_dir's config.yaml."""
     state = read_checkpoint(ckpt)
+    stored = stored_run(state, ckpt)
+    cfg = run_config(stored, run_dir, ckpt)
+    model = build_model(cfg)
     check_fits(state, model, ckpt)
     model.load_state_dict(state["state_dict"])
-    # the class folder names the datamodule saved (checkpoints from before it did: none)
-    data_state = state.get("MNISTDataModule") or {}
+    # the class folder names the checkpoint holds (the datamodule's state in older ones; the oldest: none)
+    data_state = stored or state.get("MNISTDataModule") or {}
     model.trained_classes = [str(c) for c in data_state.get("classes", [])]
     # the training images' own mean and std where the config left them null (data=folder)
     model.data_stats = {k: data_state.get(k) for k in ("mean", "std")}
     return cfg, model.eval()
+
+
+def run_config(stored: dict | None, run_dir: Path, ckpt: Path) -> DictConfig:
+    """The config to build from: the checkpoint's entry, else the run folder's config.yaml. Both
+    are untrusted alike: only build_model and the data's instantiate ever build from them."""
+    if stored is not None:
+        try:
+            cfg, source = OmegaConf.create(stored["config"]), f"the config stored in {ckpt}"
+        except (ValueError, OmegaConfBaseException) as e:
+            raise ConfigError(f"The config stored in {ckpt} cannot be read ({type(e).__name__}: {str(e)[:200]}). "
+                              "Pass the run folder it came from (ckpt_path=<run dir>).") from None
+    elif (run_dir / "config.yaml").is_file():
+        cfg, source = OmegaConf.load(run_dir / "config.yaml"), str(run_dir / "config.yaml")
+    else:
+        raise ConfigError(
+            f"{ckpt} holds no config of its own (it was written before mnist99 stored one in every checkpoint), "
+            f"and its run's config.yaml is not with it ({run_dir / 'config.yaml'} does not exist). Pass "
+            "the run folder it came from (ckpt_path=<run dir>), or put it back in that folder's checkpoints/; "
+            "checkpoints written by this mnist99 carry their config and work alone.")
+    missing = [k for k in ("model", "data", "optimizer", "trainer") if not OmegaConf.is_dict(cfg.get(k))]
+    if missing:
+        raise ConfigError(f"{source} has no {', '.join(missing)} section: it is not the config of a run made by "
+                          "train.py. Pass a run folder or a .ckpt written by train.py.")
+    return cfg
 
 
 def evaluate(run_dir: Path, ckpt: Path, top_losses: int = 9) -> dict:

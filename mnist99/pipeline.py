@@ -25,6 +25,7 @@ from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import drop_sync_batchnorm_on_cpu, share_machine, validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord, save_config
+from mnist99.standalone import StandaloneCheckpoint
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -54,7 +55,8 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, extra_callbacks, with_logger=bool(loggers))
+    # every checkpoint carries the run's config and data settings: eval.py and predict.py take it alone
+    callbacks = build_callbacks(cfg, [*extra_callbacks, StandaloneCheckpoint(cfg)], with_logger=bool(loggers))
     suggested = None
     if OmegaConf.select(cfg, "tune.lr_find"):
         from mnist99.tune import find_lr

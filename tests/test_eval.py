@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import run_in_process
@@ -80,3 +83,63 @@ def test_training_logs_the_error_figures_to_tensorboard(run_dir):
     assert {"test/confusion_matrix", "test/top_losses"} <= set(acc.Tags()["images"])
     (image,) = acc.Images("test/confusion_matrix")
     assert image.encoded_image_string[:4] == b"\x89PNG" and image.width > 100
+
+
+def weights_tested(run_dir):
+    return Path(yaml.safe_load((run_dir / "run.yaml").read_text())["tested_weights"])
+
+
+def test_every_checkpoint_carries_the_runs_config_and_data_in_plain_values(run_dir):
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        entry = torch.load(ckpt, map_location="cpu", weights_only=True)["mnist99"]  # plain values only
+        assert entry["format"] == 1 and entry["classes"] == [str(i) for i in range(10)]
+        assert (entry["image_size"], entry["channels"], entry["mean"], entry["std"]) == (28, 1, 0.1307, 0.3081)
+        config = entry["config"]
+        assert config["model"]["num_classes"] == 10 == config["model"]["net"]["num_classes"]  # filled in by the build
+        assert "hydra" not in config and Path(config["data"]["data_dir"]).is_absolute()
+        assert config == {k: v for k, v in yaml.safe_load((run_dir / "config.yaml").read_text()).items() if k != "hydra"}
+
+
+def test_a_relative_data_path_is_stored_absolute(make_cfg, tmp_path):
+    from mnist99.standalone import describe
+
+    cfg = make_cfg(data_dir="some/images")
+    entry = describe(cfg, None)
+    assert entry["config"]["data"]["data_dir"] == str(Path.cwd() / "some/images")
+    assert cfg.data.data_dir == "some/images"  # the run's own config is left as it is
+
+
+def test_a_checkpoint_copied_alone_is_evaluated_from_any_folder(run_dir, tmp_path):
+    lone = tmp_path / "alone" / "model.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(weights_tested(run_dir), lone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_in_process("eval", f"ckpt_path={lone}", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]["test/acc"]
+    result = yaml.safe_load((lone.parent / "eval.yaml").read_text())  # its results go beside it
+    assert result["test/acc"] == pytest.approx(trained, abs=0.001) and result["checkpoint"] == str(lone)
+    assert {p.name for p in lone.parent.iterdir()} == {"model.ckpt", "eval.yaml", "confusion_matrix.png", "top_losses.png"}
+    assert not any(elsewhere.iterdir())
+
+
+def test_an_older_checkpoint_works_in_its_run_folder_and_alone_says_what_is_missing(run_dir, tmp_path):
+    old_run = tmp_path / "run"
+    shutil.copytree(run_dir, old_run, ignore=shutil.ignore_patterns("events.*", "*.png"))
+    old = old_run / "checkpoints" / "last.ckpt"
+    state = torch.load(old, weights_only=True)
+    del state["mnist99"]  # as written before checkpoints carried their config
+    torch.save(state, old)
+    proc = run_in_process("eval", f"ckpt_path={old}", "top_losses=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lone = tmp_path / "last.ckpt"
+    shutil.copy(old, lone)
+    proc = run_in_process("eval", f"ckpt_path={lone}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mnist99: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
+    assert "holds no config of its own" in errors[0] and "ckpt_path=<run dir>" in errors[0]
+    state["mnist99"] = {"format": 99}
+    torch.save(state, lone)
+    proc = run_in_process("eval", f"ckpt_path={lone}")
+    assert proc.returncode == 2 and "newer mnist99" in proc.stderr and "Traceback" not in proc.stderr

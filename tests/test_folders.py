@@ -96,6 +96,11 @@ def test_colour_jpegs_of_mixed_sizes_train_and_predict_names_the_classes(photos,
     answers = {line.split()[0]: line.split()[1] for line in predicted.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))}
     right = sum(answers[str(p)] == p.parent.name for p in valid)
     assert set(answers.values()) <= set(CLASSES) and right >= 0.9 * len(valid), predicted.stdout
+    # a checkpoint copied alone holds the class names and the images' own mean and std
+    lone = tmp_path / "lone.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", lone)
+    alone = run_in_process("predict", f"ckpt_path={lone}", f"inputs={','.join(map(str, valid))}")
+    assert alone.returncode == 0 and alone.stdout == predicted.stdout, alone.stderr[-3000:]
 
     evaluated = run_in_process("eval", f"ckpt_path={run_dir}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -102,3 +103,20 @@ def test_predict_is_a_hydra_app_with_help():
     assert helped.returncode == 0
     for key in ("ckpt_path", "inputs", "csv", "batch_size: 512"):
         assert key in helped.stdout
+
+
+def test_predict_takes_a_checkpoint_copied_alone(real_run, real_subset, tmp_path):
+    lone = tmp_path / "alone" / "digits.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(real_run / "checkpoints" / "last.ckpt", lone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for d, img in known_digits(real_subset):
+        Image.fromarray(img).save(elsewhere / f"digit_{d}.png")
+    inputs = ",".join(f"digit_{d}.png" for d in range(10))  # relative to the working folder
+    alone = run_in_process("predict", f"ckpt_path={lone}", f"inputs={inputs}", cwd=elsewhere)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    labels = [line.split()[1] for line in alone.stdout.strip().splitlines()]
+    assert sum(label == str(d) for d, label in enumerate(labels)) >= 9, alone.stdout
+    in_its_run = run_in_process("predict", f"ckpt_path={real_run / 'checkpoints' / 'last.ckpt'}", f"inputs={inputs}", cwd=elsewhere)
+    assert in_its_run.returncode == 0 and in_its_run.stdout == alone.stdout  # the same answers, the same probabilities

@@ -1,5 +1,7 @@
 """`python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]` / `mnist99-eval` (conf/eval.yaml):
-test a finished run again (mnist99.evaluate) and print what it got right and wrong."""
+test a finished run again (mnist99.evaluate) and print what it got right and wrong. A .ckpt may be
+one copied alone to any folder (it holds its run's config, mnist99.standalone); the results then
+go beside it."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def hydra_main(cfg: DictConfig) -> None:
         result = evaluate(run_dir, ckpt, top_losses=cfg.top_losses)
     except MissingMandatoryValue:
         fail("ckpt_path is missing: name the run to evaluate, e.g. python eval.py ckpt_path=outputs/runs/<time>_<task> "
-             "(a run folder made by train.py, or one of its .ckpt files). python eval.py --help lists the keys.")
+             "(a run folder made by train.py, or a .ckpt file it wrote, also one copied alone). python eval.py --help lists the keys.")
     except Mnist99Error as e:
         fail(str(e))
     print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")
