@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from mnist99.data.datamodule import to_model_input
 from mnist99.data.digit_image import to_mnist
 from mnist99.data.imagetree import IMAGE_SUFFIXES, to_array
+from mnist99.data.safe_image import BadImage, open_image
 from mnist99.errors import ConfigError
 from mnist99.evaluate import load, locate
 
@@ -42,16 +42,17 @@ def image_paths(inputs: str | Sequence[str]) -> list[Path]:
 
 
 def read_images(paths: list[Path], size: int, channels: int = 1, digits: bool = True) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """(readable paths, uint8 (N, channels, size, size), one line per unreadable file). digits:
-    framed as MNIST digits (grey); else converted and resized as a data=folder run's images."""
+    """(readable paths, uint8 (N, channels, size, size), one line per unreadable file: not an
+    image, truncated or over safe_image.MAX_PIXELS). digits: framed as MNIST digits (grey); else
+    converted and resized as a data=folder run's images."""
     ok, arrays, bad = [], [], []
     for p in paths:
         try:
-            with Image.open(p) as img:
+            with open_image(p) as img:
                 arrays.append(torch.from_numpy(to_mnist(img, size)[None] if digits else to_array(img, size, channels)[0].copy()))
             ok.append(p)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            bad.append(f"{p}: not a readable image ({type(e).__name__}: {e})")
+        except BadImage as e:
+            bad.append(f"{p}: {e}")
     return ok, torch.stack(arrays) if arrays else torch.empty(0, channels, size, size, dtype=torch.uint8), bad
 
 

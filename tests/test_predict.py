@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_in_process
+from mnist99.data import safe_image
 from mnist99.data.digit_image import to_mnist
+from test_hostile_images import header_only_png
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,30 @@ def test_predict_reports_bad_inputs_clearly(real_run, tmp_path):
     assert proc.returncode == 2 and "inputs is missing" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_in_process("predict", f"ckpt_path={real_run}", f"inputs={good}", "batch_size=0")
     assert proc.returncode == 2 and "batch_size=0 is impossible" in proc.stderr
+
+
+def test_predict_skips_hostile_pictures_and_reads_the_rest(real_run, real_subset, tmp_path, monkeypatch, recwarn):
+    """Too many pixels (a real 12000x12000 header; a 40x40 picture under a limit of 28x28) and a
+    truncated PNG are each named with a reason, and no warning is shown; the digit is still read."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    d, img = known_digits(real_subset)[3]
+    Image.fromarray(img).save(pics / "digit.png")
+    (pics / "bomb.png").write_bytes(header_only_png(12000, 12000))
+    Image.new("L", (40, 40)).save(pics / "forty.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "noise.png")
+    (pics / "cut.png").write_bytes((tmp_path / "noise.png").read_bytes()[:400])
+    monkeypatch.setattr(safe_image, "MAX_PIXELS", 28 * 28)
+    proc = predict(f"ckpt_path={real_run}", f"inputs={pics}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [line.split()[:2] for line in proc.stdout.strip().splitlines()] == [[str(pics / "digit.png"), str(d)]]
+    assert proc.stderr.splitlines()[1:] == [
+        "mnist99: skipped files that are not readable images (fix or remove them):",
+        f"  {pics / 'bomb.png'}: too large: 12000x12000 = 144,000,000 pixels, over the limit of 784",
+        f"  {pics / 'cut.png'}: not a readable image (OSError: image file is truncated)",
+        f"  {pics / 'forty.png'}: too large: 40x40 = 1,600 pixels, over the limit of 784",
+    ]
+    assert recwarn.list == []
 
 
 def test_predict_is_a_hydra_app_with_help():

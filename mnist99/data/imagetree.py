@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mnist99.data.safe_image import BadImage, open_image
 from mnist99.errors import DataError
 
 IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS)  # what ImageFolder reads: png, jpg/jpeg, bmp, webp, tif, pgm, ppm
@@ -125,16 +126,25 @@ def to_array(img: Image.Image, size: int, channels: int = 1) -> tuple[np.ndarray
     return (arr[None] if channels == 1 else arr.transpose(2, 0, 1)), converted, resized
 
 
+def _read(path: Path, size: int, channels: int) -> tuple[np.ndarray, bool, bool]:
+    """`to_array` of the image file at `path`; BadImage when it is refused (safe_image)."""
+    with open_image(path) as img:
+        return to_array(img, size, channels)
+
+
+def _unreadable(path: Path, why: BadImage) -> DataError:
+    return DataError(
+        f"Cannot read the image {path}: {why}. Replace or delete it (or shrink it, if it is too large), "
+        "or set data.on_bad_image=skip to leave out every such file."
+    )
+
+
 def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
     """`to_array` of the image file at `path`; a file that cannot be read is a DataError naming it."""
     try:
-        with Image.open(path) as img:
-            return to_array(img, size, channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(
-            f"Cannot read the image {path}: {e}. The file is truncated or not an image; replace or delete it, "
-            "or set data.on_bad_image=skip to leave out every such file."
-        ) from None
+        return _read(path, size, channels)
+    except BadImage as e:
+        raise _unreadable(path, e) from None
 
 
 def decode_tensor(path: str, size: int, channels: int = 1) -> torch.Tensor:
@@ -146,7 +156,8 @@ def decode_tensor(path: str, size: int, channels: int = 1) -> torch.Tensor:
 def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threads: int | None = None,
                  on_bad_image: str = "error") -> DecodedSplit:
     """Decode every image of a split into one (N, channels, size, size) uint8 array. A file that
-    cannot be read stops it (on_bad_image="error") or is left out and listed ("skip")."""
+    cannot be read (not an image, truncated, over safe_image.MAX_PIXELS) stops it
+    (on_bad_image="error") or is left out and listed ("skip")."""
     n = len(listing.files)
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     keep = np.ones(n, dtype=bool)
@@ -154,12 +165,13 @@ def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threa
     problems: dict[int, str] = {}
 
     def work(i: int) -> None:
+        path = listing.root / listing.files[i]
         try:
-            out[i], converted[i], resized[i] = decode(listing.root / listing.files[i], size, channels)
-        except DataError as e:
+            out[i], converted[i], resized[i] = _read(path, size, channels)
+        except BadImage as e:
             if on_bad_image != "skip":
-                raise
-            keep[i], problems[i] = False, str(e).split(". ")[0]
+                raise _unreadable(path, e) from None
+            keep[i], problems[i] = False, f"{path}: {e}"
 
     # PIL releases the GIL while it inflates, decodes, converts and resizes, so threads use every
     # core without the start-up and copying of worker processes.
