@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import lightning as L
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from omegaconf import DictConfig
 
@@ -20,6 +19,7 @@ from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
 from mnist99.run_info import save_config
+from mnist99.trusted import instantiate
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:

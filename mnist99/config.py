@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist99 import trusted
 from mnist99.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,18 +76,17 @@ def cpu_has_native_bf16() -> bool:
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("mnist99.new_folder"):
-        OmegaConf.register_new_resolver("mnist99.new_folder", new_folder)
-    if not OmegaConf.has_resolver("mnist99.root"):
-        OmegaConf.register_new_resolver("mnist99.root", project_root)
-    if not OmegaConf.has_resolver("mnist99.folder_name"):
-        OmegaConf.register_new_resolver("mnist99.folder_name", folder_name)
-    if not OmegaConf.has_resolver("mnist99.mode"):
-        OmegaConf.register_new_resolver("mnist99.mode", mode)
-    if not OmegaConf.has_resolver("mnist99.direction"):
-        OmegaConf.register_new_resolver("mnist99.direction", lambda metric: mode(metric) + "imize")
-    if not OmegaConf.has_resolver("mnist99.fastest_precision"):
-        OmegaConf.register_new_resolver("mnist99.fastest_precision", fastest_precision)
+    resolvers = {
+        "mnist99.new_folder": new_folder,
+        "mnist99.root": project_root,
+        "mnist99.folder_name": folder_name,
+        "mnist99.mode": mode,
+        "mnist99.direction": lambda metric: mode(metric) + "imize",
+        "mnist99.fastest_precision": fastest_precision,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_resolver(name, resolver)
 
 
 def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:
@@ -170,6 +170,7 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator} (what trainer.gpus=N sets)"))
     if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
+    trusted.check_targets(cfg)
 
 
 def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str = "train",
@@ -187,7 +188,7 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
         raise ConfigError(message)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir):
             cfg = compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as e:  # Hydra raises all of these for bad overrides
         GlobalHydra.instance().clear()
@@ -319,7 +320,7 @@ def unknown_override_keys(args: list[str], config_name: str = "train", config_di
         # a sweep over options (model=cnn,mlp) is checked with its first option
         chosen = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
                   for o in choices]
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir):
             cfg = compose(config_name, overrides=chosen)
     except Exception:  # noqa: BLE001 - an unknown group option or a glob: refused elsewhere with its own message
         return None

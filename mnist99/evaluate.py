@@ -15,7 +15,7 @@ from mnist99.callbacks import ErrorAnalysis
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.errors import ConfigError
 from mnist99.standalone import stored_run
-from hydra.utils import instantiate
+from mnist99.trusted import check_targets, instantiate
 
 
 def locate(target: str) -> tuple[Path, Path]:
@@ -56,7 +56,7 @@ def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
 
 def run_config(stored: dict | None, run_dir: Path, ckpt: Path) -> DictConfig:
     """The config to build from: the checkpoint's entry, else the run folder's config.yaml. Both
-    are untrusted alike: only build_model and the data's instantiate ever build from them."""
+    are untrusted alike: every target they name is checked against mnist99.trusted first."""
     if stored is not None:
         try:
             cfg, source = OmegaConf.create(stored["config"]), f"the config stored in {ckpt}"
@@ -75,6 +75,7 @@ def run_config(stored: dict | None, run_dir: Path, ckpt: Path) -> DictConfig:
     if missing:
         raise ConfigError(f"{source} has no {', '.join(missing)} section: it is not the config of a run made by "
                           "train.py. Pass a run folder or a .ckpt written by train.py.")
+    check_targets(cfg)  # before anything is built from it
     return cfg
 
 

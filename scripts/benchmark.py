@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from mnist99 import time_to_accuracy as tta  # noqa: E402
 from mnist99.data.datamodule import MNISTDataModule, to_model_input  # noqa: E402
 from mnist99.data.imagetree import decode_split, list_split  # noqa: E402
 from mnist99.data.splits import find_splits  # noqa: E402
-from mnist99 import time_to_accuracy as tta  # noqa: E402
 from mnist99.run_info import machine  # noqa: E402
 
 MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
@@ -117,7 +117,7 @@ def compose_cfg(*overrides: str):
     register_resolvers()
     overrides = expand_shorthands(list(overrides))  # trainer.gpus=1
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR):
         cfg = compose("train", overrides=["logger=none", "trainer.enable_progress_bar=false", *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = f"/tmp/mnist99-bench/{os.getpid()}"
@@ -127,11 +127,10 @@ def compose_cfg(*overrides: str):
 
 def bare_rate(model: str, data_dir: Path, batch_size: int, steps: int, warmup: int = 3) -> float:
     """Images/s of the model's own compute on real batches, in a plain PyTorch loop."""
-    from hydra.utils import instantiate
-
     from mnist99.build import build_model
     from mnist99.models.classifier import ScratchLinear
     from mnist99.models.optim import optimizer_from_config, param_groups
+    from mnist99.trusted import instantiate
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0", "callbacks=none")
     dm = instantiate(cfg.data, _convert_="all")
@@ -166,10 +165,10 @@ def lightning_rate(model: str, data_dir: Path, batch_size: int, steps: int, over
     """Images/s of the same steps inside Lightning (metrics, logging, hooks), with the run's own
     trainer config plus `overrides`, timed from the warm-up's end; and the warm-up's seconds."""
     import lightning as L
-    from hydra.utils import instantiate
 
     from mnist99.build import build_model
     from mnist99.config import validate
+    from mnist99.trusted import instantiate
 
     cfg = compose_cfg(f"model={model}", f"data.data_dir={data_dir}", f"data.batch_size={batch_size}", "data.val_size=0",
                       "callbacks=none", *overrides)

@@ -63,11 +63,10 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
 
-    from hydra.utils import instantiate
-
     from mnist99.config import register_resolvers
     from mnist99.ensemble import check_held_out, combine, test_probs
     from mnist99.errors import Mnist99Error
+    from mnist99.trusted import instantiate
 
     register_resolvers()
     shifts = [[int(v) for v in s.split(",")] for s in args.tta]

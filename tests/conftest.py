@@ -67,7 +67,7 @@ def make_cfg(tmp_path, tiny_tree):
         """val_size=None keeps the composed value (the tiny tree's 400 images are fewer than 5000)."""
         GlobalHydra.instance().clear()
         base = [f"data.data_dir={data_dir or tiny_tree}"] + ([f"data.val_size={val_size}"] if val_size is not None else [])
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=CONFIG_DIR):
             cfg = compose("train", overrides=[*base, *overrides], return_hydra_config=True)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path)

@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import OmegaConf
 
@@ -16,6 +15,7 @@ from mnist99.build import build_callbacks, build_loggers, build_model
 from mnist99.config import CONFIG_DIR, expand_shorthands, unknown_override_keys, validate
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config, param_groups
+from mnist99.trusted import instantiate
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
 
@@ -76,7 +76,7 @@ def compose_unchecked(overrides):
     from hydra import compose, initialize_config_dir
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR):
         return compose("train", overrides=overrides)
 
 

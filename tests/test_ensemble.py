@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 import yaml
-from hydra.utils import instantiate
-
 from conftest import run_in_process, run_script_in_process
+
 from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, accuracy, check, combine
 from mnist99.ensemble import test_probs as softmax_on_test  # not test_*: pytest would collect it
 from mnist99.errors import ConfigError
 from mnist99.evaluate import load, locate
 from mnist99.pipeline import train
+from mnist99.trusted import instantiate
 
 
 def one_hot(labels, n=3):

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from conftest import run_script_in_process
 from torch import nn
 
@@ -18,6 +17,7 @@ from mnist99.config import validate
 from mnist99.errors import ConfigError
 from mnist99.models.nets import AdaptiveConcatPool2d, resnet
 from mnist99.pipeline import friendly
+from mnist99.trusted import instantiate
 
 
 def test_fastai_head_layers_shape_and_init():

@@ -11,13 +11,14 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from mnist99 import trusted
 from mnist99.cli import checked_argv, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 from mnist99.evaluate import evaluate, locate
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
     try:
         run_dir, ckpt = locate(str(cfg.ckpt_path))

@@ -12,13 +12,14 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from mnist99 import trusted
 from mnist99.cli import checked_argv, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 from mnist99.predict import predict, write_csv
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra.main(config_path=CONFIG_DIR, config_name="predict", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
     try:
         rows, names, bad = predict(str(cfg.ckpt_path), cfg.inputs, cfg.batch_size)

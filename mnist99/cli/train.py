@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99 import ddp_sweep, run_info
+from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
@@ -86,7 +86,7 @@ def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
           f"run_dir={shown}")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(config_path=CONFIG_DIR, config_name="train", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
@@ -108,6 +108,7 @@ def resume_argv(argv: list[str]) -> list[str]:
                 "(outputs/runs/<time>_<task>), which holds .hydra/config.yaml and checkpoints/last.ckpt, "
                 "or one of its .ckpt files."
             )
+    trusted.check_targets(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))  # a copied folder may not be ours
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     swapped = [a for a in rest if a.split("=", 1)[0].lstrip("+~") in group_options()]
     if swapped:

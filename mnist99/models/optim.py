@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from mnist99.trusted import instantiate
 
 # Layers whose parameters are scales and shifts of normalised activations: decaying them towards
 # zero fights the normalisation instead of regularising the model.
