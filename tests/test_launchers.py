@@ -102,3 +102,17 @@ def test_ddp_jobs_inside_a_multirun_leave_no_stray_folders(tiny_tree, tmp_path):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"] and states == ["completed", "completed"]
     assert all((p / "train_ddp_process_1.log").is_file() for p in jobs)
+
+
+def test_a_finished_study_started_again_runs_nothing_and_still_writes_its_best(tiny_tree, tmp_path):
+    db = tmp_path / "study.db"
+    cmd = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage=sqlite:///{db}",
+           f"data.data_dir={tiny_tree}", *TINY, "hydra.sweeper.params.model=linear", f"paths.log_dir={tmp_path}"]
+    for _ in range(2):
+        proc = run_in_process("train", *cmd, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert finished(db) == 1
+    first, again = sorted((tmp_path / "multirun").iterdir())
+    assert not list(again.glob("*/run.yaml"))  # nothing ran the second time
+    best = yaml.safe_load((again / "optimization_results.yaml").read_text())
+    assert best == yaml.safe_load((first / "optimization_results.yaml").read_text())

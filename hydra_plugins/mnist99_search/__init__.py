@@ -8,6 +8,7 @@ reach `hydra.sweeper.n_trials` in total, instead of that many more.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -26,3 +27,9 @@ class ResumableOptunaSweeper(OptunaSweeper):
                          study_name, done, max(n_trials - done, 0), n_trials)
             n_trials = max(n_trials - done, 0)
         super().__init__(storage=storage, study_name=study_name, n_trials=n_trials, **kwargs)
+
+    def sweep(self, arguments: list[str]) -> None:
+        # A finished study runs no job, and so no job makes the sweep folder that the best
+        # parameters (optimization_results.yaml) are written to.
+        Path(self.sweeper.sweep_dir).mkdir(parents=True, exist_ok=True)
+        return super().sweep(arguments)
