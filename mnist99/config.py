@@ -1,4 +1,5 @@
-"""Start-up checks of the composed config: impossible values are refused before any work starts."""
+"""Start-up checks of the command line and the composed config (unknown group options, misspelt
+keys, the values of mnist99.schema), the trainer.gpus shorthand, the resolvers, where conf/ is."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import difflib
 import functools
 import hashlib
 import logging
-import numbers
 import os
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist99 import trusted
+from mnist99 import schema, trusted
 from mnist99.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -89,88 +89,15 @@ def register_resolvers() -> None:
             OmegaConf.register_resolver(name, resolver)
 
 
-def _number(cfg: DictConfig, key: str, *, integer: bool, minimum: float, strict: bool = False, hint: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None:
-        return
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        need = "an integer" if integer else "a number"
-        bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
-        raise ConfigError(f"{key}={value!r} is impossible: it must be {need} {bound}. {hint}")
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, ListConfig) else [value]
-
-
-def _fractions(cfg: DictConfig, key: str, hint: str, count: int | None = None) -> None:
-    """A number in [0, 1), or a list of `count` of them."""
-    value = OmegaConf.select(cfg, key)
-    if value is None:
-        return
-    items = list(value) if count is not None and isinstance(value, ListConfig) else [value]
-    ok = (count is None or len(items) == count) and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1 for v in items
-    )
-    if not ok:
-        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-        raise ConfigError(f"{key}={shown!r} is impossible. {hint}")
-
-
-def _boolean(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} is not a switch: use {key}=true or {key}=false.")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Refuse values that cannot work, naming the key and what would."""
+    """Refuse what cannot work before any work starts: a required key that is missing, a value a
+    key cannot take (the table in mnist99.schema), a target outside the allowlist (mnist99.trusted)."""
     try:
-        _validate(cfg)
+        schema.check(cfg)
+        trusted.check_targets(cfg)
     except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist
         raise ConfigError(f"The composed config cannot be read: {str(e).splitlines()[0]}. Check the overrides "
                           "(python train.py --cfg job <overrides> prints the composed config).") from None
-
-
-def _validate(cfg: DictConfig) -> None:
-    data = cfg.get("data")
-    if isinstance(data, DictConfig) and (OmegaConf.is_missing(data, "data_dir") or data.get("data_dir") is None):
-        raise ConfigError("data=folder trains on your own image folder, and none was given: add data.data_dir=/path/to/folder "
-                          "(holding train/ and test/ or valid/, one sub-folder of images per class). Without data=folder, "
-                          "mnist99 trains on MNIST.")
-    _number(cfg, "optimizer.lr", integer=False, minimum=0, strict=True, hint="Try e.g. optimizer.lr=0.001.")
-    _number(cfg, "optimizer.weight_decay", integer=False, minimum=0, hint="0 turns weight decay off.")
-    _number(cfg, "data.batch_size", integer=True, minimum=1, hint="Try e.g. data.batch_size=128.")
-    _number(cfg, "data.val_size", integer=True, minimum=0, hint="0 validates on testing/.")
-    _number(cfg, "data.num_workers", integer=True, minimum=0, hint="0 loads batches in the main process.")
-    _number(cfg, "trainer.max_epochs", integer=True, minimum=1, hint="Try e.g. trainer.max_epochs=3.")
-    _number(cfg, "model.num_classes", integer=True, minimum=2, hint="null counts the class folders of the data (MNIST has 10).")
-    _number(cfg, "model.in_channels", integer=True, minimum=1, hint="1 (grey) or 3 (colour, or grey repeated as the blog).")
-    _number(cfg, "data.image_size", integer=True, minimum=1, hint="Every image is resized to it; MNIST's is 28.")
-    _number(cfg, "seed", integer=True, minimum=0, hint="Any non-negative integer.")
-    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
-        _number(cfg, f"trainer.{key}", integer=False, minimum=0, hint="A fraction (0.1), a batch count (20), or 0 to skip.")
-    for std in _as_list(OmegaConf.select(cfg, "data.std")):
-        if isinstance(std, bool) or not isinstance(std, numbers.Real) or std <= 0:
-            raise ConfigError(f"data.std={OmegaConf.to_container(cfg.data.std) if isinstance(cfg.data.std, ListConfig) else cfg.data.std!r} "
-                              "is impossible: a std is a number greater than 0, or one per channel (MNIST's is 0.3081), "
-                              "or null for the training images' own.")
-    _number(cfg, "optimizer.eps", integer=False, minimum=0, strict=True, hint="torch's default is 1e-8, fastai's 1e-5.")
-    for key in ("div_factor", "final_div_factor"):
-        _number(cfg, f"scheduler.{key}", integer=False, minimum=0, strict=True, hint="fastai's one-cycle uses 25 and 4000.")
-    _fractions(cfg, "optimizer.betas", "Adam's betas are two numbers in [0, 1), e.g. optimizer.betas=[0.9,0.99].", count=2)
-    _fractions(cfg, "scheduler.base_momentum", "A momentum is a number in [0, 1), e.g. 0.85.")
-    _fractions(cfg, "scheduler.max_momentum", "A momentum is a number in [0, 1), e.g. 0.95.")
-    for key in ("optimizer.decay_norm_and_bias", "scheduler.cycle_momentum", "data.normalize", "data.drop_last"):
-        _boolean(cfg, key)
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not _cuda_available():
-        raise ConfigError(_no_gpu_message(f"trainer.accelerator={cfg.trainer.accelerator} (what trainer.gpus=N sets)"))
-    if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
-        raise ConfigError("The model config has no _target_: pick one with model=<name> (see conf/model/).")
-    trusted.check_targets(cfg)
 
 
 def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str = "train",
@@ -276,23 +203,6 @@ def expand_shorthands(overrides: list[str]) -> list[str]:
             raise ConfigError(f"trainer.gpus={value!r} is not a GPU count: use e.g. trainer.gpus=1 (or 2, or [0,1] for "
                               "those devices), or trainer.accelerator=cpu.")
     return out
-
-
-def _cuda_available() -> bool:
-    import torch  # only when a GPU is asked for: the other checks answer without torch
-
-    return torch.cuda.is_available()
-
-
-def _no_gpu_message(asked: str) -> str:
-    import torch
-
-    return (
-        f"{asked} asks for a GPU, but PyTorch sees no CUDA device on this machine "
-        f"(torch {torch.__version__}, torch.cuda.is_available() is False). Run on the CPU with "
-        "trainer.accelerator=cpu (or leave it at auto), or run on a machine with an NVIDIA GPU and a "
-        "CUDA build of PyTorch."
-    )
 
 
 def unknown_override_keys(args: list[str], config_name: str = "train", config_dir: str = CONFIG_DIR) -> str | None:

@@ -1,0 +1,101 @@
+"""The schema of the start-up checks (mnist99/schema.py) against conf/: every option of every group
+has each key it requires, and a required key that is missing is refused by name, never skipped."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from conftest import run_in_process
+from mnist99 import schema
+from mnist99.config import CONFIG_DIR, validate
+from mnist99.errors import ConfigError
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
+# what tests/test_configs.py composes, plus the debug presets and data=folder
+COMBOS = [
+    *([f"model={m}"] for m in GROUPS["model"]),
+    *(["model=mlp", f"optimizer={o}", f"scheduler={s}"] for o in GROUPS["optimizer"] for s in GROUPS["scheduler"]),
+    *([f"trainer={t}"] for t in GROUPS["trainer"]),
+    *([f"logger={lg}", f"callbacks={c}"] for lg in GROUPS["logger"] for c in GROUPS["callbacks"]),
+    *([f"experiment={e}"] for e in GROUPS["experiment"]),
+    *([f"augment={a}"] for a in GROUPS["augment"]),
+    *([f"debug={d}"] for d in GROUPS["debug"]),
+    ["data=folder", "data.data_dir=/any/folder"],
+]
+
+
+def composed(*overrides: str) -> DictConfig:
+    return OmegaConf.create(_composed(overrides))  # a copy: a test may delete from it
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR):
+            return compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def gpu_here(monkeypatch):
+    """trainer=gpu is checked as on a machine with one (the refusal without one: test_configs.py)."""
+    monkeypatch.setattr(schema, "cuda_available", lambda: True)
+
+
+def test_every_option_of_every_group_has_the_keys_it_requires(gpu_here):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR):  # one Hydra for all: its config files read once
+            for overrides in COMBOS:
+                try:
+                    schema.check(compose("train", overrides=overrides))
+                except ConfigError as e:  # a missing required key or a bad value, named
+                    raise AssertionError(f"{' '.join(overrides)}: {e}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def where_required(key: str) -> DictConfig:
+    """A composed config whose optimizer and scheduler take `key`."""
+    for overrides in ((), ("optimizer=sgd", "scheduler=cosine")):
+        cfg = composed(*overrides)
+        if schema.required(cfg, schema.SCHEMA[key]):
+            return cfg
+    raise AssertionError(f"no composed config requires {key}: its `when` names no option of conf/")
+
+
+@pytest.mark.parametrize("key", list(schema.SCHEMA))
+def test_a_deleted_key_is_refused_by_name(key, gpu_here):
+    cfg = where_required(key)
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    assert name in node, f"{key} is not in the composed config"
+    with open_dict(node):
+        del node[name]
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg)
+    message = str(refused.value)
+    assert key in message and "\n" not in message, message
+
+
+def test_keys_of_another_option_are_not_required():
+    sgd = composed("optimizer=sgd", "scheduler=none")
+    assert "betas" not in sgd.optimizer and not sgd.scheduler
+    validate(sgd)
+    adam = composed("scheduler=cosine")
+    assert "momentum" not in adam.optimizer and "div_factor" not in adam.scheduler
+    validate(adam)
+
+
+def test_deleting_a_key_on_the_command_line_is_refused_at_start_up():
+    proc = run_in_process("train", "~optimizer.lr")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("mnist99: error: optimizer.lr is missing"), proc.stderr
+    assert "+optimizer.lr=" in proc.stderr and "Traceback" not in proc.stderr
