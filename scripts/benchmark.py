@@ -33,6 +33,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -45,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from mnist99 import time_to_accuracy as tta  # noqa: E402
-from mnist99.data.datamodule import MNISTDataModule, to_model_input  # noqa: E402
-from mnist99.data.imagetree import decode_split, list_split  # noqa: E402
+from mnist99.data.datamodule import MNISTDataModule  # noqa: E402
+from mnist99.data.imagetree import decode_split, decode_tensor, list_split  # noqa: E402
+from mnist99.data.model_input import to_model_input  # noqa: E402
 from mnist99.data.splits import find_splits  # noqa: E402
 from mnist99.run_info import machine  # noqa: E402
 
@@ -76,10 +78,10 @@ def load_times(data_dir: Path, repeats: int = 3) -> dict:
     return {"cold_decode_s": cold, "warm_load_s": min(warm), "images": len(dm.data_train) + len(dm.data_test)}
 
 
-def epoch_rate(dm: MNISTDataModule, device: str, max_batches: int | None = None) -> float:
+def epoch_rate(loader, device: str, max_batches: int | None = None) -> float:
     """Images/s of one training epoch's batches, made into normalised floats on `device`."""
     n, t = 0, time.perf_counter()
-    for i, (x, y) in enumerate(dm.train_dataloader()):
+    for i, (x, y) in enumerate(loader):
         x = to_model_input(x.to(device, non_blocking=True))
         n += len(y)
         if max_batches and i + 1 >= max_batches:
@@ -90,19 +92,35 @@ def epoch_rate(dm: MNISTDataModule, device: str, max_batches: int | None = None)
 
 
 def tensor_path_rate(data_dir: Path, batch_size: int, device: str) -> float:
-    """data.loader=tensor; on a GPU with the whole dataset on it (data.on_device=true)."""
+    """mnist99's path (splits decoded once, batches indexed whole); on a GPU with the whole dataset
+    on it (data.on_device=true)."""
     dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0, cache_dir=CACHE_DIR)
     dm.setup()
     ds = dm.data_train
     ds.images, ds.labels = ds.images.to(device), ds.labels.to(device)
-    return epoch_rate(dm, device)
+    return epoch_rate(dm.train_dataloader(), device)
+
+
+def image_folder(root: Path, size: int = 28, channels: int = 1):
+    """torchvision's ImageFolder on `root`, decoding one image per `__getitem__` (the classic path)
+    into the uint8 tensor mnist99's cache holds, its samples in mnist99's order (so that both make
+    the same hold-out split): (dataset, classes)."""
+    from torchvision.datasets import ImageFolder
+
+    listing = list_split(root)  # the same checks and order as the tensor path
+    ds = ImageFolder(str(root), loader=functools.partial(decode_tensor, size=size, channels=channels))
+    ds.samples = ds.imgs = [(str(root / f), label) for f, label in zip(listing.files, listing.labels)]
+    ds.targets = list(listing.labels)
+    return ds, listing.classes
 
 
 def imagefolder_rate(data_dir: Path, batch_size: int, workers: int, max_batches: int | None, device: str) -> float:
-    """data.loader=imagefolder: torchvision's ImageFolder + DataLoader(num_workers), a PNG per image."""
-    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0, loader="imagefolder", num_workers=workers)
-    dm.setup()
-    return epoch_rate(dm, device, max_batches)
+    """The classic path: torchvision's ImageFolder + DataLoader(num_workers), a PNG decoded per image."""
+    from torch.utils.data import DataLoader
+
+    train, _ = image_folder(find_splits(data_dir)[0])
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    return epoch_rate(loader, device, max_batches)
 
 
 def compose_cfg(*overrides: str):
@@ -121,6 +139,7 @@ def compose_cfg(*overrides: str):
         cfg = compose("train", overrides=["logger=none", "trainer.enable_progress_bar=false", *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = f"/tmp/mnist99-bench/{os.getpid()}"
+        cfg.hydra.job.num = 0  # as a single run has it (compose leaves it ???, which a resolved config cannot hold)
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -362,8 +381,8 @@ def print_speed(result: dict) -> None:
     print(f"| cold decode of {load['images']:,} images | {load['cold_decode_s']:.1f} s |")
     print(f"| warm load from the cache (best of 3) | {load['warm_load_s']:.2f} s |")
     where = " (on the GPU)" if dp.get("device") == "cuda" else ""
-    print(f"| data.loader=tensor, one epoch of batches{where} | {dp['mnist99_img_s']:,.0f} img/s |")
-    print(f"| data.loader=imagefolder: ImageFolder + DataLoader({dp['workers']} workers) | {dp['imagefolder_img_s']:,.0f} img/s |")
+    print(f"| mnist99's tensor path, one epoch of batches{where} | {dp['mnist99_img_s']:,.0f} img/s |")
+    print(f"| ImageFolder + DataLoader({dp['workers']} workers), a PNG per image | {dp['imagefolder_img_s']:,.0f} img/s |")
     print(f"| ratio | {dp['ratio']:.0f}x |\n")
     print("| model | bare PyTorch img/s | in Lightning img/s | framework overhead |\n| --- | --- | --- | --- |")
     for model, r in result["training"].items():

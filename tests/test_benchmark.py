@@ -23,6 +23,30 @@ def test_benchmark_runs_on_a_tiny_tree(tiny_tree, tmp_path):
     assert "| cnn | `model.channels_last=true` |" in proc.stdout
 
 
+def test_the_classic_imagefolder_path_decodes_as_the_tensor_path(tiny_tree, tmp_path):
+    """benchmark.py's baseline (torchvision's ImageFolder, one image decoded per item) yields the
+    very uint8 tensors, labels and classes the datamodule's cached path indexes, grey PNGs and colour
+    JPEGs of mixed sizes alike: the benchmark compares like with like."""
+    import runpy
+
+    import torch
+
+    from mnist99.data.datamodule import MNISTDataModule
+
+    from conftest import ROOT
+    from test_folders import colour_folder
+
+    image_folder = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"))["image_folder"]
+    photos = colour_folder(tmp_path / "fruit", n=(4, 3))
+    for root, channels, test_split in ((tiny_tree, 1, "testing"), (photos, 3, "valid")):
+        fast = MNISTDataModule(root, build_mnist=False, val_size=0, channels=channels, mean=None, std=None)
+        fast.setup()
+        classic, classes = image_folder(root / test_split, channels=channels)
+        x, y = (torch.stack([torch.as_tensor(v) for v in t]) for t in zip(*(classic[i] for i in range(len(classic)))))
+        assert classes == fast.classes and x.dtype == torch.uint8
+        assert torch.equal(x, fast.data_test.images) and torch.equal(y, fast.data_test.labels)
+
+
 def test_time_to_accuracy_on_a_tiny_tree(tiny_tree, tmp_path):
     """--tta runs a recipe once per seed and reports when val/acc crossed each threshold (or never)."""
     out = tmp_path / "tta.json"

@@ -137,7 +137,7 @@ def test_other_image_sizes_are_resized(tmp_path, caplog):
 
 
 def _ids_dataset(n: int):
-    from mnist99.data.datamodule import TensorBatchDataset
+    from mnist99.data.batches import TensorBatchDataset
 
     return TensorBatchDataset(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))  # label = image id
 
@@ -175,34 +175,24 @@ def test_ddp_shards_are_disjoint_and_complete():
     """Lightning gives each DDP rank a DistributedSampler; whole-batch fetching must respect it."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from mnist99.data.datamodule import _batch_as_is
+    from mnist99.data.batches import batch_as_is
 
     dataset = _ids_dataset(1000)
     shards = []
     for rank in range(2):
         sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        loader = DataLoader(dataset, batch_size=64, sampler=sampler, collate_fn=_batch_as_is)
+        loader = DataLoader(dataset, batch_size=64, sampler=sampler, collate_fn=batch_as_is)
         shards.append(set(torch.cat([y for _, y in loader]).tolist()))
     assert not shards[0] & shards[1]
     assert shards[0] | shards[1] == set(range(1000))
 
 
-def test_imagefolder_loader_yields_the_tensor_loaders_batches(tiny_tree):
-    """data.loader=imagefolder (torchvision, one PNG per image) makes the same split and the same
-    uint8 batches as the default tensor path, so the benchmark compares like with like."""
-    fast, classic = dm_for(tiny_tree), dm_for(tiny_tree, loader="imagefolder")
-    assert classic.classes == fast.classes
-    for split in ("val_dataloader", "test_dataloader"):
-        xs, ys = zip(*getattr(classic, split)())
-        x, y = torch.cat(xs), torch.cat(ys)
-        ds = getattr(fast, split)().dataset
-        assert x.dtype == torch.uint8 and torch.equal(x, ds.images) and torch.equal(y, ds.labels)
-    assert len(classic.data_train) == len(fast.data_train)
-
-
 def test_unknown_loader_is_refused(tiny_tree):
     with pytest.raises(ConfigError, match="data.loader='folders'"):
         MNISTDataModule(tiny_tree, loader="folders")
+    with pytest.raises(ConfigError, match="scripts/benchmark.py"):  # the classic path, for comparison, lives there
+        MNISTDataModule(tiny_tree, loader="imagefolder")
+    assert MNISTDataModule(tiny_tree, loader="tensor").data_dir == tiny_tree  # as the configs of earlier runs say
 
 
 def test_tensors_stay_in_cpu_memory_without_an_accelerator(tiny_tree):

@@ -185,14 +185,3 @@ def test_every_format_imagefolder_reads(tmp_path):
     dm = MNISTDataModule(root, val_size=0)
     dm.setup()
     assert len(dm.data_train) == 2 * 2 + 7 + 1
-
-
-def test_the_classic_imagefolder_loader_decodes_as_the_tensor_path(photos):
-    """data.loader=imagefolder on colour JPEGs of mixed sizes yields the very tensors the cached path indexes."""
-    fast = MNISTDataModule(photos, build_mnist=False, val_size=0, channels=3, mean=None, std=None)
-    classic = MNISTDataModule(photos, build_mnist=False, val_size=0, channels=3, mean=None, std=None, loader="imagefolder")
-    fast.setup()
-    classic.setup()
-    x, y = (torch.cat(t) for t in zip(*classic.test_dataloader()))
-    assert torch.equal(x, fast.data_test.images) and torch.equal(y, fast.data_test.labels)
-    assert classic.mean == fast.mean and classic.std == fast.std
