@@ -7,38 +7,47 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mnist99 import ddp_sweep
+from mnist99 import ddp_sweep, machine
 from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
 from mnist99.console import quiet_lightning
 from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
-from mnist99.run_info import save_config
 from mnist99.trusted import instantiate
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:
-    """The config-group options this run was composed from (model=cnn, optimizer=adamw, ...); for
-    a resumed run (composed from its saved config, without groups) those its run.yaml recorded."""
+    """The config-group options the run was composed from (model=cnn, optimizer=adamw, ...): Hydra's
+    for a new run; for a resumed one, composed from its config.yaml without groups, those that
+    config.yaml recorded (run_info.save_config)."""
+    if cfg is not None and isinstance(cfg.get("choices"), DictConfig):
+        return {str(k): str(v) for k, v in cfg.choices.items()}
     if not HydraConfig.initialized():
         return {}
-    found = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
-    if "model" not in found and cfg is not None and cfg.get("resume_ckpt"):
-        record = Path(cfg.paths.output_dir) / "run.yaml"
-        found = (yaml.safe_load(record.read_text()) or {}).get("choices", {}) if record.is_file() else {}
-    return found
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
+
+
+def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None = None) -> DictConfig:
+    """The config of what runs: a copy of cfg with what the run found out merged in (cfg itself is
+    left as composed): the data's class count for model.num_classes=null ("one per class folder"),
+    a learning rate tune.lr_find chose. The merge keeps interpolations (model.net.num_classes)."""
+    fills: dict[str, Any] = {}
+    if num_classes is not None and cfg.model.get("num_classes") is None:
+        fills["model"] = {"num_classes": num_classes}
+    if lr is not None:
+        fills["optimizer"] = {"lr": lr}
+    return OmegaConf.merge(cfg, fills) if fills else cfg
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule. model.num_classes left null is the number of class folders of the
-    data's training split (build_datamodule has set it in a run)."""
+    """The LightningModule of cfg. A model.num_classes still null (a config built from outside a
+    run) is counted from the data's class folders."""
     if cfg.model.get("num_classes") is None:
-        cfg.model.num_classes = count_classes(cfg)
+        cfg = with_found(cfg, count_classes(cfg))
     optimizer, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
     extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
     return instantiate(cfg.model, optimizer=optimizer, decay_norm_and_bias=decay_norm_and_bias, **extra)
@@ -53,23 +62,19 @@ def count_classes(cfg: DictConfig) -> int:
     return sum(1 for e in os.scandir(splits[0]) if e.is_dir() and not e.name.startswith("."))
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The datamodule, its data prepared and read. The model is sized from it: model.num_classes
-    (null) becomes the number of class folders, or is checked against it; the run's config.yaml
-    is written again with that number, for eval.py and predict.py."""
+def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int]:
+    """(the datamodule, its data prepared and read; the number of classes it found), found once,
+    before the model is built: a model.num_classes that is set must match it."""
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     found = len(datamodule.classes)
-    if cfg.model.get("num_classes") is None:
-        cfg.model.num_classes = found
-        save_config(cfg)
-    elif found != cfg.model.num_classes:
+    if cfg.model.get("num_classes") not in (None, found):
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but {cfg.data.data_dir} holds "
             f"{found} classes {list(datamodule.classes)}; set model.num_classes={found}, or null to count them."
         )
-    return datamodule
+    return datamodule, found
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -94,12 +99,14 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """The Trainer of cfg.trainer (kwargs override its keys), quiet: Lightning's notices and its
+    """The Trainer of cfg.trainer (kwargs, then this job's share of the machine, override its
+    keys: machine.trainer_settings), quiet: Lightning's notices and its
     pointless warnings off (console.quiet_lightning), log_every_n_steps at most an epoch
     (callbacks.LogIntervalWithinEpoch), an uneven DDP test split said in mnist99's words
     (callbacks.UnevenTestSplit), and no model summary of Lightning's: the summary is the callbacks
     group's (NetSummary), which build_callbacks leaves out when trainer.enable_model_summary=false."""
     quiet_lightning()
+    kwargs = {**machine.trainer_settings(cfg), **kwargs}
     callbacks = list(kwargs.pop("callbacks", None) or [])
     kwargs["enable_model_summary"] = False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, LogIntervalWithinEpoch(), UnevenTestSplit()], **kwargs)

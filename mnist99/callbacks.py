@@ -466,7 +466,7 @@ class GracefulStop(L.Callback):
         them, the resumed run would stop at the run's first end."""
         from omegaconf import OmegaConf
 
-        saved = self.dirpath.parent / ".hydra" / "config.yaml"
+        saved = self.dirpath.parent / "config.yaml"
         try:
             cfg = OmegaConf.load(saved).trainer
             differ = [(k, v) for k, v in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps)) if cfg.get(k) != v]

@@ -7,11 +7,10 @@ import difflib
 import functools
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist99 import schema, trusted
@@ -257,40 +256,3 @@ def unknown_override_keys(args: list[str], config_name: str = "train", config_di
                   f"Check the spelling, or add a new key on purpose with +{o.input_line}. ")
         return f"Unknown config key '{o.key_or_group}' in the override '{o.input_line}'. {advice}The keys under {where} are: {valid}."
     return None
-
-
-def drop_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
-    """SyncBatchNorm needs CUDA: on a CPU, DDP (trainer=ddp) averages gradients but keeps each
-    process's BatchNorm statistics its own."""
-    import torch
-
-    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    if cfg.trainer.get("sync_batchnorm") and on_cpu:
-        log.info("trainer.sync_batchnorm needs a GPU; running without it on the CPU")
-        cfg.trainer.sync_batchnorm = False
-
-
-def share_machine(cfg: DictConfig) -> None:
-    """Under a parallel launcher, give this job its share of the CPU threads (N jobs each running
-    every core's worth of threads would slow each other down) and, with several GPUs, a GPU of
-    its own: hydra/launcher=joblib with n_jobs=N, or submitit with cpus_per_task."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    hc = HydraConfig.get()
-    target = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
-    cores = os.cpu_count() or 1
-    if "JoblibLauncher" in target:
-        n = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
-        n = cores if n < 0 else n
-        torch.set_num_threads(max(1, cores // n))
-        gpus = torch.cuda.device_count()
-        if gpus > 1 and str(cfg.trainer.get("accelerator")) in ("auto", "gpu", "cuda") and cfg.trainer.get("devices") in ("auto", 1):
-            with open_dict(cfg.trainer):
-                cfg.trainer.devices = [int(hc.job.num) % gpus]
-    elif "Submitit" in target:
-        cpus = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
-        if cpus:
-            torch.set_num_threads(int(cpus))

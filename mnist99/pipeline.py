@@ -3,7 +3,6 @@ turn what these return into printed lines and exit codes; nothing here exits the
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import statistics
@@ -19,10 +18,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99 import ensemble
-from mnist99.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer, choices
+from mnist99 import ensemble, machine
+from mnist99.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer, choices, with_found
 from mnist99.checkpoints import check_fits, read_checkpoint
-from mnist99.config import drop_sync_batchnorm_on_cpu, share_machine, validate
+from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord, save_config
 from mnist99.standalone import StandaloneCheckpoint
@@ -32,10 +31,9 @@ log = logging.getLogger("mnist99")
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Start-up checks and settings a run needs before any work (idempotent)."""
+    """Start-up checks and settings a run needs before any work (idempotent); cfg is left as it is."""
     validate(cfg)
-    drop_sync_batchnorm_on_cpu(cfg)
-    share_machine(cfg)
+    machine.share_cpu()
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
 
@@ -52,7 +50,8 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     """Fit one model and (with cfg.test) test it: (metrics, the trained model, its datamodule)."""
     prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    datamodule, num_classes = build_datamodule(cfg)  # what the model needs from the data, found once
+    cfg = with_found(cfg, num_classes)  # the config of what runs, a copy
     model = build_model(cfg)
     loggers = build_loggers(cfg)
     # every checkpoint carries the run's config and data settings: eval.py and predict.py take it alone
@@ -65,8 +64,9 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
         finder = build_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False)
         suggested = find_lr(cfg, finder, model, datamodule)
         if suggested and cfg.tune.use_suggested_lr:
-            cfg.optimizer.lr = suggested
+            cfg = with_found(cfg, lr=suggested)
             model = build_model(cfg)  # the optimizer partial holds the rate: build it again
+    save_config(cfg, Path(cfg.paths.output_dir), choices(cfg))  # once, before training: what runs
     trainer = build_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
     skipped = len(getattr(datamodule, "skipped", ()))
@@ -105,19 +105,16 @@ def train_ensemble(cfg: DictConfig) -> dict:
     their averaged predictions; returns the ensemble's metrics plus each member's test/acc."""
     members, shifts = ensemble.check(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    cfg = with_found(cfg, build_datamodule(cfg)[1])  # the members' class count, for their configs and this one
+    save_config(cfg, run_dir, choices(cfg))
     probs, labels, best, fit_seconds = [], None, [], 0.0
     for i in range(members):
-        member = copy.deepcopy(cfg)
-        member.seed = cfg.seed + i
-        member.paths.output_dir = str(run_dir / f"member{i}")
-        member.ensemble.members = 1
+        member = OmegaConf.merge(cfg, {"seed": cfg.seed + i, "paths": {"output_dir": str(run_dir / f"member{i}")},
+                                       "ensemble": {"members": 1}})
         log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
+        # each member a run folder of its own (fit_and_test saves its config.yaml), so eval.py,
+        # predict.py and scripts/ensemble.py take it
         metrics, model, datamodule = fit_and_test(member)
-        # each member a run folder of its own, so eval.py, predict.py and scripts/ensemble.py take it
-        save_config(member, Path(member.paths.output_dir))
-        if cfg.model.get("num_classes") is None:  # counted from the data by the first member
-            cfg.model.num_classes = member.model.num_classes
-            save_config(cfg)
         if "test/acc" not in metrics:  # interrupted: report what is finished
             break
         best.append(metrics.get("val/acc_best", math.nan))

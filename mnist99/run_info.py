@@ -52,21 +52,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save_config(cfg: DictConfig, run_dir: Path | None = None) -> None:
-    """The resolved config as config.yaml in the run folder (what eval.py and predict.py build the
-    model from); without run_dir, in cfg.paths.output_dir if a run there already wrote one."""
+def save_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> None:
+    """The resolved config as config.yaml in run_dir, written once as the run starts, with the
+    config-group choices it was composed from: what ran. resume= composes it again, eval.py,
+    predict.py and sweep summaries read it. What the run finds out on the way is merged in first
+    (build.with_found: the data's class count, a learning rate lr_find chose)."""
     from lightning.pytorch.utilities import rank_zero_only  # a run has it loaded already
 
     if rank_zero_only.rank != 0:
         return
-    if run_dir is None:
-        try:
-            run_dir = Path(cfg.paths.output_dir)
-        except Exception:  # noqa: BLE001 - no run folder (a library call, a test): nothing to update
-            return
-        if not (run_dir / "config.yaml").is_file():
-            return
-    OmegaConf.save(cfg, Path(run_dir) / "config.yaml", resolve=True)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    if choices:
+        saved["choices"] = dict(choices)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(saved), Path(run_dir) / "config.yaml")
 
 
 class RunRecord:
@@ -77,6 +76,8 @@ class RunRecord:
         self.start = time.time()
         resumed = cfg.get("resume_ckpt") and self.path.is_file()
         self.earlier_text = self.path.read_text() if resumed else None  # put back if this attempt is refused
+        config = self.path.parent / "config.yaml"
+        self.earlier_config = config.read_text() if resumed and config.is_file() else None
         earlier = (yaml.safe_load(self.earlier_text) or {}) if resumed else {}
         self.data: dict[str, Any] = {
             "status": "running",
@@ -88,12 +89,10 @@ class RunRecord:
         }
         if earlier:  # a resumed run keeps what it was started with, and says when it went on
             self.data["overrides"] = earlier.get("overrides", self.data["overrides"])
-            self.data["choices"] = earlier.get("choices", self.data["choices"])
             self.data["started"] = earlier.get("started", self.data["started"])
             self.data["resumed"] = [*earlier.get("resumed", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
                                     "from": str(cfg.resume_ckpt), "command": self.data["command"]}]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.path.parent)
         self.write()
 
     @property
@@ -109,6 +108,8 @@ class RunRecord:
         run that predict.py, eval.py or resume= should find), a resumed run's record is as before."""
         if self.earlier_text is not None:
             self.path.write_text(self.earlier_text)
+            if self.earlier_config is not None:
+                (self.path.parent / "config.yaml").write_text(self.earlier_config)
         else:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 

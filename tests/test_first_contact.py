@@ -72,8 +72,9 @@ def test_a_misspelt_option_inside_a_sweep_is_refused_before_any_job(tmp_path):
 def test_checks_answer_without_importing_torch_or_lightning(tmp_path):
     code, _, err, loaded = probe("experiment=fats", tmp_path=tmp_path)
     assert code == 2 and "Did you mean experiment=fast?" in err and not loaded
-    code, _, err, loaded = probe("optimizer.lr=-1", tmp_path=tmp_path)
-    assert code == 2 and "optimizer.lr=-1 is impossible" in err and not loaded
+    for preset in ([], ["experiment=fast"], ["experiment=accurate"]):  # with every recipe's config
+        code, _, err, loaded = probe(*preset, "optimizer.lr=-1", tmp_path=tmp_path)
+        assert code == 2 and "optimizer.lr=-1 is impossible" in err and not loaded, preset
     code, out, _, loaded = probe("--cfg", "job", "model=mlp", tmp_path=tmp_path)
     assert code == 0 and "mnist99.models.nets.MLP" in out and not loaded
 

@@ -159,17 +159,18 @@ def test_data_folder_needs_its_folder(tmp_path):
 def test_models_size_themselves_from_the_data(photos, make_cfg):
     """linear, MLP and the CNNs take their first layer from data.image_size and data.channels, and
     their outputs from the class folders."""
-    from mnist99.build import build_datamodule, build_model
+    from mnist99.build import build_datamodule, build_model, with_found
 
     for model, size, channels in (("linear", 16, 3), ("mlp", 20, 1), ("lenet", 32, 3), ("strided_cnn", 28, 1), ("cnn", 24, 3)):
         cfg = make_cfg(f"model={model}", "data=folder", f"data.image_size={size}", f"data.channels={channels}",
                        data_dir=photos, val_size=None)
-        dm = build_datamodule(cfg)
-        net = build_model(cfg)
+        dm, num_classes = build_datamodule(cfg)
+        net = build_model(with_found(cfg, num_classes))
+        assert cfg.model.num_classes is None  # found from the data and passed in: the config stays as composed
         x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
         assert x.shape[1:] == (channels, size, size) and net(x).shape == (len(x), 3), model
     cfg = make_cfg("model=resnet18", "data=folder", "data.channels=1", data_dir=photos, val_size=None)
-    dm = build_datamodule(cfg)
+    dm, _ = build_datamodule(cfg)
     x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])  # grey repeated into the ResNet's stem
     with pytest.raises(ConfigError, match="model.num_classes=10 but"):

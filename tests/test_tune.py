@@ -23,8 +23,11 @@ def test_lr_find_writes_plot_and_a_suggestion_in_range(make_cfg, tmp_path):
 def test_use_suggested_lr_trains_with_it(make_cfg, tmp_path):
     cfg = make_cfg(*BASE, "tune.use_suggested_lr=true")
     metrics = train(cfg)
-    assert cfg.optimizer.lr == pytest.approx(metrics["tune/suggested_lr"]) and cfg.optimizer.lr != 0.01
-    assert yaml.safe_load((tmp_path / "hparams.yaml").read_text())["lr"] == pytest.approx(cfg.optimizer.lr)
+    suggested = metrics["tune/suggested_lr"]
+    assert suggested != 0.01 and cfg.optimizer.lr == 0.01  # the composed config stays as it was
+    ran = yaml.safe_load((tmp_path / "config.yaml").read_text())  # what ran says the rate it trained with
+    assert ran["optimizer"]["lr"] == pytest.approx(suggested)
+    assert yaml.safe_load((tmp_path / "hparams.yaml").read_text())["lr"] == pytest.approx(suggested)
 
 
 def test_impossible_range(make_cfg):

@@ -92,23 +92,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """`resume=<run dir or .ckpt>`: compose the run's own saved config (its .hydra/config.yaml,
-    so no override needs repeating), write into the same folder and continue from last.ckpt.
-    Other overrides on the line still apply (e.g. trainer.max_epochs=5 to train longer)."""
+    """`resume=<run dir or .ckpt>`: compose the run's config.yaml (what ran, its config-group
+    choices included, so no override needs repeating), write into the same folder and continue from
+    last.ckpt. Other overrides on the line still apply (e.g. trainer.max_epochs=5 to train longer)."""
     asked = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not asked:
         return argv
     target = Path(asked[-1]).expanduser().resolve()
     ckpt = target if target.is_file() else target / "checkpoints" / "last.ckpt"
     run_dir = ckpt.parent.parent
-    for needed in (run_dir / ".hydra" / "config.yaml", ckpt):
+    for needed in (run_dir / "config.yaml", ckpt):
         if not needed.is_file():
             raise ConfigError(
                 f"resume={asked[-1]}: {needed} does not exist. Pass the folder of a run made by train.py "
-                "(outputs/runs/<time>_<task>), which holds .hydra/config.yaml and checkpoints/last.ckpt, "
+                "(outputs/runs/<time>_<task>), which holds config.yaml and checkpoints/last.ckpt, "
                 "or one of its .ckpt files."
             )
-    trusted.check_targets(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))  # a copied folder may not be ours
+    trusted.check_targets(OmegaConf.load(run_dir / "config.yaml"))  # a copied folder may not be ours
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     swapped = [a for a in rest if a.split("=", 1)[0].lstrip("+~") in group_options()]
     if swapped:
@@ -117,14 +117,9 @@ def resume_argv(argv: list[str]) -> list[str]:
             f"{' '.join(swapped)} cannot swap one. Change keys instead (e.g. trainer.max_epochs=N, optimizer.lr=...), "
             "or start a new run with that option."
         )
-    quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731
-    # The saved config is composed without its groups, so a task_name taken from a group choice
-    # (the model's name) would be lost: keep the name the run had, from its resolved config.
-    resolved = run_dir / "config.yaml"
-    name = OmegaConf.load(resolved).get("task_name") if resolved.is_file() else None
-    pinned = [f'task_name="{quoted(name)}"'] if name and not any(a.startswith("task_name=") for a in rest) else []
-    return [argv[0], "--config-path", str(run_dir / ".hydra"), "--config-name", "config",
-            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *pinned, *rest]
+    quoted = str(run_dir).replace('"', '\\"'), str(ckpt).replace('"', '\\"')
+    return [argv[0], "--config-path", str(run_dir), "--config-name", "config",
+            f'hydra.run.dir="{quoted[0]}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted[1]}"', *rest]
 
 
 def occupied_run_dir(overrides: list[str]) -> str | None:
