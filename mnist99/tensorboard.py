@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event
+from torch.utils.tensorboard import RecordWriter
 from torch.utils.tensorboard.summary import hparams
 
 # Scalars the run logs anyway; the HPARAMS tab shows each run's latest value of each.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "train/loss")
+# Sorts before the event files TensorBoard's writers name "events.out.tfevents.<10-digit seconds>...".
+HPARAMS_EVENTS = "events.out.tfevents.0000000000.hparams"
 
 
 def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
@@ -31,6 +39,30 @@ def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
     return {k: ("none" if v is None else v) for k, v in params.items()}
 
 
+def write_hparams_events(log_dir: str | Path, params: dict) -> Path:
+    """The hparams summary in an event file of its own in `log_dir`, declaring HPARAM_METRICS
+    (0.0 only names them: no value is logged), written with torch's public RecordWriter.
+
+    TensorBoard reads every event file of a folder as one run, so the HPARAMS tab shows these
+    settings with the run's real metrics. The file is named to sort before the run's own event files
+    ("events.out.tfevents.<seconds>..."): TensorBoard follows only the last file of a folder, in name
+    order, as a run writes it, and must keep following the run's scalars. Written again (replaced)
+    when a run is resumed. SummaryWriter.add_hparams would make a separate run holding placeholder
+    metric values, and Lightning's log_hyperparams(params, metrics) logs them as scalars at step 0.
+    """
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, partial = folder / HPARAMS_EVENTS, folder / "hparams.events.partial"  # not a "tfevents" name: unread
+    now = time.time()
+    with open(partial, "wb") as f:
+        records = RecordWriter(f)
+        records.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        for summary in hparams(params, {m: 0.0 for m in HPARAM_METRICS}):
+            records.write(Event(wall_time=now, step=0, summary=summary).SerializeToString())
+    os.replace(partial, path)
+    return path
+
+
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) -> None:
     """Write the hparams summary once, declaring the metric tags instead of logging fake values:
     TensorBoard fills the table from the scalars the run logs under those tags."""
@@ -38,6 +70,4 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) ->
     for logger in trainer.loggers:
         logger.log_hyperparams(params)  # hparams.yaml beside the events (and CSV's hparams)
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            writer = logger.experiment.file_writer  # torch's SummaryWriter makes it when created
-            for summary in hparams(params, {m: 0.0 for m in HPARAM_METRICS}):
-                writer.add_summary(summary)
+            write_hparams_events(logger.log_dir, params)

@@ -79,3 +79,26 @@ def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard):
     assert {"test/confusion_matrix", "test/top_losses"} <= set(images)
     (shown,) = get(f"{dashboard}/data/plugin/images/images?run={run}&tag=test/confusion_matrix&sample=0")
     assert get(f"{dashboard}/data/plugin/images/individualImage?{shown['query']}")[:4] == b"\x89PNG"
+
+
+def test_the_hparams_file_leaves_tensorboard_following_the_runs_scalars(tmp_path):
+    """TensorBoard follows only the last event file of a folder (in name order) while a run writes:
+    the hparams file, written at the start (or again on resume, after the run's writer exists),
+    sorts first, so the scalars written afterwards still show up live."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mnist99.tensorboard import write_hparams_events
+
+    writer = SummaryWriter(tmp_path)
+    writer.add_scalar("val/acc", 0.5, 1)
+    writer.flush()
+    hparams_file = write_hparams_events(tmp_path, {"model": "lenet", "lr": 0.01})
+    assert sorted(tmp_path.glob("events.out.tfevents.*"))[0] == hparams_file
+    live = EventAccumulator(str(tmp_path))  # as TensorBoard's server reads a run, reloading as it grows
+    live.Reload()
+    assert "_hparams_/session_start_info" in live.PluginTagToContent("hparams")
+    writer.add_scalar("val/acc", 0.75, 2)
+    writer.close()
+    live.Reload()
+    assert [e.value for e in live.Scalars("val/acc")] == [0.5, 0.75]

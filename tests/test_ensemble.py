@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -98,6 +99,16 @@ def test_ensemble_script_on_finished_runs(tiny_tree, tmp_path):
     assert missing.returncode != 0 and "config.yaml is missing" in missing.stderr and "Traceback" not in missing.stderr
 
 
+class WeightsAfterEachStep(L.Callback):
+    """The first layer's raw weights after every optimizer step, as (global_step, weights)."""
+
+    def __init__(self):
+        self.weights: list[tuple[int, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append((trainer.global_step, pl_module.net[0][0].weight.detach().clone()))
+
+
 @pytest.mark.parametrize("val_size", [0, 60])
 def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
     """With the EMA callback the model is tested with the averaged weights, whether they are the
@@ -107,10 +118,16 @@ def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
     base = ("model=cnn", "trainer.max_epochs=3", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
             "trainer.enable_progress_bar=false", "callbacks=none")
     plain = fit_and_test(make_cfg(*base, val_size=val_size))[1]
-    ema = EMA(decay=0.9, start_step=5)
-    metrics, model, _ = fit_and_test(make_cfg(*base, val_size=val_size), extra_callbacks=[ema])
-    raw, averaged, tested = plain.net[0][0].weight, ema._average_model.module.net[0][0].weight, model.net[0][0].weight
+    ema, seen = EMA(decay=0.9, start_step=5), WeightsAfterEachStep()
+    metrics, model, _ = fit_and_test(make_cfg(*base, val_size=val_size), extra_callbacks=[ema, seen])
+    raw, averaged, tested = plain.net[0][0].weight, ema.averaged_state_dict()["net.0.0.weight"], model.net[0][0].weight
     assert not torch.allclose(raw, averaged)
+    # the average is the EMA of the raw weights of step 6 on (step_idx 5, zero-based), computed here on its own
+    expected = None
+    for step, weight in seen.weights:
+        if step >= 6:
+            expected = weight if expected is None else 0.9 * expected + 0.1 * weight
+    assert len(seen.weights) > 20 and torch.allclose(averaged, expected, rtol=0, atol=1e-6)
     if val_size == 0:
         assert torch.equal(tested, averaged)
     else:  # the checkpoint holds both; its state_dict is the average
@@ -133,6 +150,50 @@ def test_ema_before_its_start_leaves_the_raw_weights(make_cfg):
     assert not ema.started
     assert torch.equal(model.net[0][0].weight, plain.net[0][0].weight)  # the trained weights, not the initial ones
     assert metrics["val/acc"] == plain_metrics["val/acc"] and metrics["test/acc"] == plain_metrics["test/acc"] > 0.3
+
+
+def test_ema_checkpoint_resumes_both_weights():
+    """A checkpoint saved after averaging started holds the average as its state_dict and the raw
+    weights beside it; a fit resumed from it carries on with both, as if never stopped."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+    def step(ema, module, global_step):  # an optimizer step, then the callback's turn
+        with torch.no_grad():
+            module.layer.weight.add_(torch.randn(2, 3))
+        ema.on_train_batch_end(SimpleNamespace(global_step=global_step), module, None, None, 0)
+
+    trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    torch.manual_seed(0)
+    a, a_model = EMA(decay=0.5, start_step=2), Tiny()
+    a.setup(trainer, a_model, "fit")
+    for s in range(1, 5):
+        step(a, a_model, s)
+    assert a.started and not torch.equal(a.averaged_state_dict()["layer.weight"], a_model.layer.weight)
+    checkpoint = {"state_dict": {k: v.clone() for k, v in a_model.state_dict().items()}}
+    a.on_save_checkpoint(trainer, a_model, checkpoint)
+    assert torch.equal(checkpoint["state_dict"]["layer.weight"], a.averaged_state_dict()["layer.weight"])
+    assert torch.equal(checkpoint["current_model_state"]["layer.weight"], a_model.layer.weight)
+
+    b, b_model = EMA(decay=0.5, start_step=2), Tiny()
+    b.setup(trainer, b_model, "fit")
+    b_model.load_state_dict(checkpoint["state_dict"])  # what Lightning loads first, then the callback's hooks
+    b.on_load_checkpoint(trainer, b_model, checkpoint)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b_model.layer.weight, a_model.layer.weight)
+    b.on_train_batch_end(SimpleNamespace(global_step=4), b_model, None, None, 1)  # step 4 is averaged already: not again
+    assert torch.equal(b.averaged_state_dict()["layer.weight"], a.averaged_state_dict()["layer.weight"])
+    rng = torch.get_rng_state()
+    step(a, a_model, 5)
+    torch.set_rng_state(rng)
+    step(b, b_model, 5)
+    assert torch.equal(b.averaged_state_dict()["layer.weight"], a.averaged_state_dict()["layer.weight"])
 
 
 def test_ema_schedule():

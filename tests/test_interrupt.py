@@ -47,13 +47,16 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights_and_metrics(make_cf
             cfg.paths.output_dir = str(tmp_path / folder)
         return cfg
 
+    # the handlers this process had before the runs (Python's default, or SIG_IGN under nohup or in
+    # a shell's background job), which each run puts back
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     whole, _, _ = fit_and_test(cfg_in("whole"))
     with pytest.raises(Interrupted) as stopped:
         fit_and_test(cfg_in("stopped"), extra_callbacks=[SignalAt(16, signum)])
     saved = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert f"resume={tmp_path / 'stopped'}" in str(stopped.value) and "epoch 1, batch 5 of 11" in str(stopped.value)
     assert stopped.value.signum == signum and torch.load(saved, weights_only=True)["global_step"] == 16
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is the user's again
+    assert {s: signal.getsignal(s) for s in before} == before  # Ctrl-C and SIGTERM are the user's again
 
     cfg = cfg_in("stopped")
     with open_dict(cfg):
