@@ -121,9 +121,9 @@ def test_a_copied_run_folder_naming_torch_save_is_refused_in_one_paragraph(run_d
 
 def test_a_hostile_logging_section_in_a_copied_run_is_refused(run_dir, tmp_path):
     copy, victim = hostile_copy(run_dir, tmp_path)
-    saved = copy / ".hydra" / "config.yaml"
+    saved = copy / "config.yaml"  # what resume= composes
     cfg = OmegaConf.load(saved)
-    cfg.model.net = OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.net
+    cfg.model.net = OmegaConf.load(run_dir / "config.yaml").model.net
     cfg.hydra = {"job_logging": {"version": 1, "formatters": {"x": {"()": "torch.save", "obj": 1, "f": str(victim)}}}}
     OmegaConf.save(cfg, saved)
     proc = run_in_process("train", f"resume={copy}", "trainer.max_epochs=2")
