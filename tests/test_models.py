@@ -11,17 +11,24 @@ from mnist99.errors import ConfigError
 from mnist99.models.classifier import ScratchLinear
 from mnist99.models.classifier import Classifier
 from mnist99.models.nets import FastCNN, LeNet, StackCNN, StridedCNN, count_macs
-from mnist99.pipeline import train
+from mnist99.pipeline import fit_and_test, train
 
 MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run(make_cfg, model):
+    """One step of each model; test/acc and test/loss are those of the tested weights on the tested
+    batch (fast_dev_run tests the first 8 test images), recomputed here."""
     cfg = make_cfg(f"model={model}", "trainer.fast_dev_run=true", "data.batch_size=8", "trainer.accelerator=cpu")
-    metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    metrics, module, datamodule = fit_and_test(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)  # as the model got it
+    module.eval()
+    with torch.no_grad(), module.trainer.precision_plugin.forward_context():
+        logits = module(x).float()
+    assert metrics["test/acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert metrics["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-2)
 
 
 def test_training_raises_accuracy(make_cfg):
@@ -140,33 +147,32 @@ def test_stack_cnn_kernel_size_gives_m7():
 
 
 def test_compile_keeps_checkpoint_keys_plain():
-    """model.compile=true wraps the net with torch.compile without changing the saved weights' names."""
+    """model.compile=true compiles the net in place when the trainer sets the model up, without
+    changing the saved weights' names."""
     plain = Classifier(FastCNN())
     compiled = Classifier(FastCNN(), compile=True)
-    assert compiled.compiled_net is not None and plain.compiled_net is None
+    compiled.configure_model()
     assert list(compiled.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(compiled.state_dict())
 
 
 def test_compiled_net_is_used_for_any_network(monkeypatch):
-    """The compiled wrapper runs the forward pass, also for nets that are not nn.Sequential (torch's
-    wrapper raises on len() for those, so it must never be truth-tested)."""
-    calls = []
+    """configure_model compiles the net (once, though Lightning calls it for fit and again for
+    test), and the compiled forward is the one that runs, also for nets that are not nn.Sequential."""
+    compiled = []
 
-    class FakeCompiled(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
+    def fake_compile(forward, *args, **kwargs):
+        def run(*a, **kw):
+            compiled.append(len(a[0]))
+            return forward(*a, **kw)
 
-        def __len__(self):
-            raise TypeError("ResNet does not support len()")
+        return run
 
-        def forward(self, x):
-            calls.append(len(x))
-            return self.net(x)
-
-    monkeypatch.setattr(torch, "compile", FakeCompiled)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     from mnist99.models.nets import resnet
 
     model = Classifier(resnet("resnet18", in_channels=1), compile=True)
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and calls == [2]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and compiled == []  # not before the trainer sets it up
+    model.configure_model()
+    model.configure_model()
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and compiled == [2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from functools import partial
 from pathlib import Path
@@ -13,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist99.errors import ConfigError
@@ -23,76 +23,63 @@ log = logging.getLogger(__name__)
 
 # What the schedules of conf/scheduler are called on the console, by the argument their length is given in.
 SCHEDULE_NAMES = {"total_steps": "one-cycle", "T_max": "cosine"}
+# Where conf/scheduler's schedules take the run's length, for configs saved before they said so
+# themselves (scheduler.steps_arg): resume= of a run made then.
+SAVED_STEPS_ARGS = {OneCycleLR: "total_steps", CosineAnnealingLR: "T_max"}
+
+
+def accuracy_and_loss(num_classes: int, prefix: str, loss: str = "loss") -> MetricCollection:
+    """`<prefix>acc` and `<prefix><loss>` (the mean loss per image) of an epoch. Updated with keywords:
+    each metric takes its own (accuracy: preds, target; the mean: value, weight)."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"), loss: MeanMetric()}
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 
 class ClassifierBase(L.LightningModule):
     """Accuracy (torchmetrics), loss and `val/acc_best` for train/val/test, logged as `split/name`.
 
-    Steps only update the metrics (a few tensor ops on the device, no host sync); the values are
-    logged once per epoch, and the per-step `train/loss` only on the steps Lightning writes to the
-    logger (every `trainer.log_every_n_steps`): each `self.log` call costs ~0.25 ms of Python, which
-    is most of a small model's step.
+    Steps update one MetricCollection per split (a few tensor ops on the device, no host sync);
+    each is logged as metric objects once per epoch, which Lightning computes (synced across DDP
+    ranks) and resets. The per-step `train/loss` is a `self.log` every step (~0.5 ms of Python),
+    which Lightning writes to the logger every `trainer.log_every_n_steps` steps.
     """
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.num_classes = num_classes
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric()
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        # the per-step curve is train/loss; the epoch's mean gets a name of its own
+        self.train_metrics = accuracy_and_loss(num_classes, "train/", loss="loss_epoch")
+        self.val_metrics = accuracy_and_loss(num_classes, "val/")
+        self.test_metrics = accuracy_and_loss(num_classes, "test/")
         self.val_acc_best = MaxMetric()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
-    def step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, batch, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the batch's loss, its logits), the split's metrics updated with them."""
         x, y = batch
         logits = self(x)
-        return self.loss(logits, y), logits, y
-
-    def update_metrics(self, split: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        getattr(self, f"{split}_acc").update(logits.detach(), y)
-        getattr(self, f"{split}_loss").update(loss.detach(), weight=len(y))
-
-    def log_epoch(self, split: str, prog_bar: bool = True) -> torch.Tensor:
-        """Log `split/acc` and `split/loss` over the epoch (synced across DDP ranks by torchmetrics)."""
-        acc, loss = getattr(self, f"{split}_acc"), getattr(self, f"{split}_loss")
-        value = acc.compute()
-        self.log(f"{split}/acc", value, prog_bar=prog_bar)
-        # the per-step curve is train/loss already; the epoch's mean gets a name of its own
-        loss_name = "train/loss_epoch" if split == "train" else f"{split}/loss"
-        self.log(loss_name, loss.compute(), prog_bar=prog_bar and split == "val")
-        acc.reset()
-        loss.reset()
-        return value
-
-    def is_logging_step(self) -> bool:
-        """Will Lightning write this step's values to the logger? It does every
-        `trainer.log_every_n_steps` optimizer steps (counting this one); call before the step."""
-        every = self.trainer.log_every_n_steps
-        return bool(self.trainer.fast_dev_run) or (every > 0 and (self.trainer.global_step + 1) % every == 0)
-
-    def log_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, logging_step: bool) -> None:
-        self.update_metrics("train", loss, logits, y)
-        if logging_step:
-            self.log("train/loss", loss.detach(), prog_bar=True)
+        loss = self.loss(logits, y)
+        metrics.update(preds=logits.detach(), target=y, value=loss.detach(), weight=len(y))
+        return loss, logits
 
     def training_step(self, batch, batch_idx):
-        loss, logits, y = self.step(batch)
-        self.log_train(loss, logits, y, self.is_logging_step())
+        loss, _ = self.step(batch, self.train_metrics)
+        self.log("train/loss", loss.detach(), prog_bar=True)  # written every trainer.log_every_n_steps
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_epoch("train")
+        self.log_dict(self.train_metrics)
+        if not self.trainer.lr_scheduler_configs:
+            # LearningRateMonitor (callbacks.lr_monitor) logs a schedule's rate under its name,
+            # train/lr, and a rate without one as lr-<Optimizer>. A constant rate gets train/lr
+            # here, once an epoch: a self.log every step costs ~0.5 ms, a third of a linear model's step.
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_start(self) -> None:
         # The sanity check must not count towards the best validation accuracy.
         self.val_acc_best.reset()
-        self.val_acc.reset()
-        self.val_loss.reset()
         if self.trainer.ckpt_path:  # a resumed fit: said in one short line (Lightning's notices are off)
             note = self.plan_resumed_schedule()
             try:
@@ -107,36 +94,33 @@ class ClassifierBase(L.LightningModule):
         return ""
 
     def validation_step(self, batch, batch_idx):
-        loss, logits, y = self.step(batch)
-        self.update_metrics("val", loss, logits, y)
+        self.step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        acc = self.log_epoch("val")
+        acc = self.val_metrics["acc"].compute()  # kept: Lightning's own compute below returns it
+        self.log_dict(self.val_metrics, prog_bar=True)
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
         self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_count else acc)
 
     def test_step(self, batch, batch_idx):
-        loss, logits, y = self.step(batch)
-        self.update_metrics("test", loss, logits, y)
+        _, logits = self.step(batch, self.test_metrics)
         return logits  # for callbacks that look at the errors (ErrorAnalysis)
 
     def on_test_epoch_end(self) -> None:
-        self.log_epoch("test", prog_bar=False)
-
-    def predict_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=1)
+        self.log_dict(self.test_metrics)
 
 
 class Classifier(ClassifierBase):
     """Any `nn.Module` net, trained with a torch optimizer and an optional step-wise LR schedule.
 
     `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the optimizer gets the
-    parameters; the scheduler gets the optimizer and the run's total number of steps, as
-    `total_steps` (OneCycleLR) or `T_max` (CosineAnnealingLR), whichever it takes.
+    parameters; the scheduler gets the optimizer and the run's total number of steps, in the
+    argument its `steps_arg` keyword names (conf/scheduler: `total_steps` for OneCycleLR, `T_max`
+    for CosineAnnealingLR; none for a schedule without a length).
     `decay_norm_and_bias=False` puts normalisation parameters and biases at weight decay 0
-    (`optimizer.decay_norm_and_bias`, see `param_groups`).
+    (`optimizer.decay_norm_and_bias`, see `param_groups`). `compile=True` compiles the net in
+    place when the trainer sets the model up (`configure_model`).
 
     Training a finished run further (`resume=<run> trainer.max_epochs=N`, more steps than the
     checkpoint's schedule spans): the added steps get a schedule of their own, a new one-cycle
@@ -163,14 +147,20 @@ class Classifier(ClassifierBase):
         self.decay_norm_and_bias = decay_norm_and_bias
         self.label_smoothing = label_smoothing
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.scheduler_factory, self.steps_arg = without_steps_arg(scheduler)
         self.in_channels = in_channels
         self.channels_last = channels_last
+        self.compile_net = compile  # not self.compile: that is nn.Module's method
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # torch.compile's wrapper is kept off the module tree, so checkpoints hold the plain net's
-        # weights (no `_orig_mod.` keys) and load with or without compile.
-        object.__setattr__(self, "compiled_net", torch.compile(self.net) if compile else None)
+
+    def configure_model(self) -> None:
+        # nn.Module.compile compiles the net's forward in place: no wrapper module, so the
+        # checkpoints keep the plain net's keys (no `_orig_mod.`) and load with or without compile.
+        # Called once per trainer call (fit, then test): compiled once.
+        if self.compile_net and not getattr(self, "net_compiled", False):
+            self.net.compile()
+            self.net_compiled = True
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if self.training else 0.0)
@@ -178,24 +168,17 @@ class Classifier(ClassifierBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # `is not None`, not `or`: truth-testing a compiled wrapper calls len() on the net
-        return (self.compiled_net if self.compiled_net is not None else self.net)(x)
+        return self.net(x)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=param_groups(self, self.decay_norm_and_bias))
         # the config's rates, before a schedule changes them: a schedule started on resume starts from these
         self.configured_lrs = [group["lr"] for group in optimizer.param_groups]
         if self.scheduler_factory is None:
-            return with_named_lr(optimizer)
-        return with_named_lr(optimizer, self.make_scheduler(optimizer, self.planned_steps()))
-
-    def length_key(self) -> str | None:
-        """The argument the schedule's length goes in: `total_steps` (OneCycleLR), `T_max`
-        (CosineAnnealingLR), or None (no schedule, or one without a length)."""
-        if self.scheduler_factory is None:
-            return None
-        params = inspect.signature(getattr(self.scheduler_factory, "func", self.scheduler_factory)).parameters
-        return next((k for k in ("total_steps", "T_max") if k in params), None)
+            return {"optimizer": optimizer}
+        # stepped every step, and named: LearningRateMonitor (callbacks.lr_monitor) logs its rate as train/lr
+        scheduler = self.make_scheduler(optimizer, self.planned_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def planned_steps(self) -> int:
         """The optimizer steps this fit ends at (counted from the run's start, resumed steps included).
@@ -203,15 +186,15 @@ class Classifier(ClassifierBase):
         return max(int(self.trainer.estimated_stepping_batches), 10)
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        key = self.length_key()
-        return self.scheduler_factory(optimizer, **({key: steps} if key else {}))
+        return self.scheduler_factory(optimizer, **({self.steps_arg: steps} if self.steps_arg else {}))
 
     def setup(self, stage: str) -> None:
         self.resumed_schedule: dict | None = None  # the checkpoint's schedule, when a fit resumes
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.state.fn == TrainerFn.FITTING:
-            self.resumed_schedule = next(iter(checkpoint.get("lr_schedulers") or []), None)
+            # {}: the run had no schedule (a constant rate)
+            self.resumed_schedule = (checkpoint.get("lr_schedulers") or [{}])[0]
 
     def plan_resumed_schedule(self) -> str:
         """A resumed fit's schedule, once Lightning has restored it from the checkpoint.
@@ -224,55 +207,54 @@ class Classifier(ClassifierBase):
         (fastai's second fit_one_cycle), a cosine from optimizer.lr down again (SGDR's warm
         restart). Without that, a one-cycle would fail at its first step past its end, and a
         cosine would climb back towards its peak rate, where the run would end. A schedule of
-        another kind than the config's (the run was made with another scheduler) is replaced
-        the same way, from this step to the end. Returns what was done, for the resume's line.
+        another kind than the config's (the run was made with another scheduler, or none) is
+        replaced the same way, from this step to the end. Returns what was done, for the resume's line.
         """
-        saved = getattr(self, "resumed_schedule", None)
-        self.resumed_schedule = None
-        if saved is None or not self.trainer.lr_scheduler_configs:
-            return ""
-        config = self.trainer.lr_scheduler_configs[0]
-        step, planned, key = self.trainer.global_step, self.planned_steps(), self.length_key()
-        if step >= planned:
-            return ""  # nothing left to train
-        saved_key = next((k for k in ("total_steps", "T_max") if k in saved), None)
+        saved, self.resumed_schedule = getattr(self, "resumed_schedule", None), None
+        step, planned, key = self.trainer.global_step, self.planned_steps(), self.steps_arg
+        if saved is None or step >= planned:
+            return ""  # not a resumed fit, or nothing left to train
+        configs = self.trainer.lr_scheduler_configs
+        # the saved schedule's kind, by the length its state holds (none: a constant rate)
+        saved_key = next((k for k in (key, *SCHEDULE_NAMES) if k and k in saved), None)
         if saved_key == key:
             if key is None:
-                return f"; training on to step {planned} at a constant learning rate"
-            end = step - int(config.scheduler.last_epoch) + int(getattr(config.scheduler, key))
+                how = "at a constant learning rate" if not configs else "on its schedule"
+                return f"; training on to step {planned} {how}"
+            end = step - int(configs[0].scheduler.last_epoch) + int(getattr(configs[0].scheduler, key))
+            name = SCHEDULE_NAMES.get(key, type(configs[0].scheduler).__name__)
             if end > planned:
                 log.warning(
                     "This run now stops at step %d, before the end of its %s learning-rate schedule (step %d): the "
                     "rate will not have come down. To finish the schedule, resume with the trainer.max_epochs (or "
-                    "max_steps) the run was started or trained further with.", planned, SCHEDULE_NAMES[key], end)
+                    "max_steps) the run was started or trained further with.", planned, name, end)
             if end >= planned:
-                return f"; training on to step {planned} on its {SCHEDULE_NAMES[key]} schedule"
-        optimizer = config.scheduler.optimizer
+                return f"; training on to step {planned} on its {name} schedule"
+        optimizer = self.trainer.optimizers[0]
         for group, lr in zip(optimizer.param_groups, getattr(self, "configured_lrs", [])):
             group["lr"] = group["initial_lr"] = lr  # a cosine starts from the group's rate as it finds it
         added = planned - step
-        if self.scheduler_factory is None:
-            config.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-        else:
-            # at least 10 steps, as configure_optimizers: below that a one-cycle has no phases to
-            # speak of (smoke runs), and it then runs past the fit's end
-            config.scheduler = self.make_scheduler(optimizer, max(added, 10))
-        lrs = [g["max_lr"] for g in optimizer.param_groups] if key == "total_steps" else config.scheduler.get_last_lr()
-        if key:
+        if not configs:
+            return f"; training on to step {planned}: {added} more steps, with a constant learning rate of {optimizer.param_groups[0]['lr']:g}"
+        # at least 10 steps, as configure_optimizers: below that a one-cycle has no phases to
+        # speak of (smoke runs), and it then runs past the fit's end
+        configs[0].scheduler = self.make_scheduler(optimizer, max(added, 10))
+        lrs = [g["max_lr"] for g in optimizer.param_groups] if key == "total_steps" else configs[0].scheduler.get_last_lr()
+        if key in SCHEDULE_NAMES:
             what = f"a new {SCHEDULE_NAMES[key]} schedule (peak learning rate {max(lrs):g})"
-        elif self.scheduler_factory is None:
-            what = f"a constant learning rate of {max(lrs):g}"
         else:
-            what = f"a new {type(config.scheduler).__name__} from learning rate {max(lrs):g}"
+            what = f"a new {type(configs[0].scheduler).__name__} from learning rate {max(lrs):g}"
         return f"; training on to step {planned}: {added} more steps, with {what}"
 
 
-def with_named_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
-    """configure_optimizers' answer, its schedule stepped every step and named `train/lr`, the tag
-    Lightning's LearningRateMonitor (callbacks.lr_monitor) logs the rate under. Without a schedule,
-    a constant one: the monitor names only schedules, and the rate is then `train/lr` too."""
-    scheduler = scheduler or torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+def without_steps_arg(scheduler: Callable | None) -> tuple[Callable | None, str | None]:
+    """(the scheduler partial, the argument it takes the run's length in): conf/scheduler names that
+    argument in `steps_arg`, a key for the Classifier, taken out of the scheduler's own arguments."""
+    keywords = dict(getattr(scheduler, "keywords", None) or {})
+    if "steps_arg" not in keywords:
+        return scheduler, SAVED_STEPS_ARGS.get(getattr(scheduler, "func", scheduler))
+    steps_arg = keywords.pop("steps_arg")
+    return partial(scheduler.func, *scheduler.args, **keywords), steps_arg
 
 
 class HandwrittenSGD(torch.optim.Optimizer):
@@ -332,14 +314,13 @@ class ScratchLinear(ClassifierBase):
         return -log_probs[torch.arange(len(y), device=y.device), y].mean()  # NLL
 
     def training_step(self, batch, batch_idx):
-        logging_step = self.is_logging_step()  # before the step counts
-        loss, logits, y = self.step(batch)
+        loss, _ = self.step(batch, self.train_metrics)
         opt = self.optimizers()
         self.manual_backward(loss)
         opt.step()  # p -= lr * p.grad
         opt.zero_grad()  # then zero the grads
-        self.log_train(loss, logits, y, logging_step)
+        self.log("train/loss", loss.detach(), prog_bar=True)
         return loss.detach()  # not used for the step; lets callbacks see the loss
 
     def configure_optimizers(self):
-        return with_named_lr(HandwrittenSGD([self.weights, self.bias], lr=self.lr))
+        return {"optimizer": HandwrittenSGD([self.weights, self.bias], lr=self.lr)}
