@@ -85,7 +85,7 @@ def check_targets(cfg: Any) -> None:
             for marker in () if key in PLUGIN_KEYS else ("_target_", "()"):
                 target = OmegaConf.select(node, marker, throw_on_resolution_failure=False) if marker in node else None
                 if isinstance(target, str) and not is_allowed(target):
-                    raise ConfigError(refusal(f"Target '{target}' is not in the Hydra execution whitelist.", key))
+                    raise ConfigError(paragraph(target, key))
         children = node.keys() if isinstance(node, DictConfig) else range(len(node))
         for k in children:
             # a missing value holds nothing; an interpolation's target is walked where it lives
@@ -97,21 +97,25 @@ def check_targets(cfg: Any) -> None:
     walk(cfg, "")
 
 
-def refusal(message: str, where: str = "") -> str | None:
+def paragraph(target: str, key: str) -> str:
+    """The one-paragraph refusal of `key`, which names `target`."""
+    return (
+        f"Refused to build {key}: it names {target}, which is not one of the parts mnist99 builds. "
+        "A config read from a run folder, a checkpoint or an experiment file may name only mnist99's models, data, "
+        "callbacks and sweeper, torchvision's ResNets, torch's optimizers and schedulers, and Lightning's trainer, "
+        "callbacks, loggers and profilers (the list: mnist99/trusted.py). If the config is not yours, do not use it. "
+        f"If the target is code of your own that you trust, allow it on purpose: {ENV}={target} (comma-separated; "
+        "pkg.* allows a package) before the command."
+    )
+
+
+def refusal(message: str) -> str | None:
     """mnist99's paragraph for Hydra's "not in the Hydra execution whitelist" error, else None."""
     found = re.search(r"Target '([^']+)'.*?not in the Hydra execution whitelist", message, re.S)
     if not found:
         return None
     key = re.search(r"full_key: (\S+)", message)
-    key = key.group(1) if key else where or "a _target_"
-    return (
-        f"Refused to build {key}: it names {found.group(1)}, which is not one of the parts mnist99 builds. "
-        "A config read from a run folder, a checkpoint or an experiment file may name only mnist99's models, data, "
-        "callbacks and sweeper, torchvision's ResNets, torch's optimizers and schedulers, and Lightning's trainer, callbacks, loggers and "
-        "profilers (the list: mnist99/trusted.py). If the config is not yours, do not use it. If the target is code "
-        f"of your own that you trust, allow it on purpose: {ENV}={found.group(1)} (comma-separated; pkg.* allows a "
-        "package) before the command."
-    )
+    return paragraph(found.group(1), key.group(1) if key else "a _target_")
 
 
 def instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
