@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -14,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 from mnist99 import ddp_sweep, machine
 from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
 from mnist99.console import quiet_lightning
-from mnist99.data.splits import find_splits
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
 from mnist99.trusted import instantiate
@@ -45,36 +42,27 @@ def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
     """The LightningModule of cfg. A model.num_classes still null (a config built from outside a
-    run) is counted from the data's class folders."""
+    run) is found as a run finds it (build_datamodule)."""
     if cfg.model.get("num_classes") is None:
-        cfg = with_found(cfg, count_classes(cfg))
+        cfg = with_found(cfg, build_datamodule(cfg)[1])
     optimizer, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
     extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
     return instantiate(cfg.model, optimizer=optimizer, decay_norm_and_bias=decay_norm_and_bias, **extra)
 
 
-def count_classes(cfg: DictConfig) -> int:
-    data_dir = Path(cfg.data.data_dir).expanduser()
-    splits = find_splits(data_dir, cfg.data.get("train_dir"), cfg.data.get("test_dir"))
-    if splits is None:
-        raise ConfigError(f"model.num_classes is null (one output per class folder), but {data_dir} holds no training "
-                          "split to count them in yet: set model.num_classes, or prepare the data first.")
-    return sum(1 for e in os.scandir(splits[0]) if e.is_dir() and not e.name.startswith("."))
-
-
 def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int]:
-    """(the datamodule, its data prepared and read; the number of classes it found), found once,
-    before the model is built: a model.num_classes that is set must match it."""
+    """(the datamodule, the number of classes its data has), found before the model is built
+    without reading or writing any data (MNISTDataModule.find_classes): the Trainer prepares the
+    data (one process per node) and sets it up (every process) when it runs. A model.num_classes
+    that is set must match it."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    found = len(datamodule.classes)
-    if cfg.model.get("num_classes") not in (None, found):
+    classes = datamodule.find_classes()
+    if cfg.model.get("num_classes") not in (None, len(classes)):
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but {cfg.data.data_dir} holds "
-            f"{found} classes {list(datamodule.classes)}; set model.num_classes={found}, or null to count them."
+            f"{len(classes)} classes {list(classes)}; set model.num_classes={len(classes)}, or null to count them."
         )
-    return datamodule, found
+    return datamodule, len(classes)
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -85,15 +73,17 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
     """`extra`, then the callbacks of the `callbacks` group (one set to null,
     `callbacks.model_checkpoint=null`, is switched off). `extra` comes first so that what it does
     at a hook (a signal sent, weights changed) is seen by the group's callbacks at that same hook.
-    Two are left out where Lightning would refuse them: the progress bar when
-    trainer.enable_progress_bar=false, the learning-rate monitor without a logger; and the model
-    summary when trainer.enable_model_summary=false."""
+    Left out: the progress bar when trainer.enable_progress_bar=false and the learning-rate
+    monitor without a logger (Lightning would refuse them), the model summary when
+    trainer.enable_model_summary=false, and the learning-rate monitor without a schedule
+    (scheduler=none): the module logs a constant rate as train/lr once an epoch, where the monitor
+    would add the same number as lr-<Optimizer> every logged step."""
     callbacks = list(extra) + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
-    if not with_logger:
+    if not with_logger or not cfg.get("scheduler"):
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
 

@@ -67,6 +67,22 @@ class EpochSeconds(L.Callback):
         pl_module.log("time/epoch_seconds", time.perf_counter() - self.start)
 
 
+class FitStart(L.Callback):
+    """When the fit proper starts, the Trainer having prepared and set up the data: `start` (fit
+    time counts from there: reading and decoding the data is not fitting), and then the count of
+    images data.on_bad_image=skip left out goes into the logs, as data/skipped_images."""
+
+    def __init__(self):
+        self.start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+        skipped = len(getattr(trainer.datamodule, "skipped", ()))
+        if skipped:
+            for logger in trainer.loggers:
+                logger.log_metrics({"data/skipped_images": skipped}, step=0)
+
+
 class ImagesPerSecondBar(RichProgressBar):
     """Lightning's rich progress bar, with the training images per second of the epoch so far
     (time since the epoch began, so data loading and logging count too)."""
@@ -508,23 +524,10 @@ class GracefulStop(L.Callback):
         raise Interrupted(
             f"Stopped by {how} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx + 1} of "
             f"{trainer.num_training_batches}). The run's whole state is saved in {path}. Continue it where it "
-            f"stopped with: python train.py resume={self.dirpath.parent}{self.length_overrides(trainer)}",
+            # resume= composes the run's config.yaml, written as this fit started: its length included
+            f"stopped with: python train.py resume={self.dirpath.parent}",
             int(self.signum or signal.SIGTERM),
         )
-
-    def length_overrides(self, trainer: L.Trainer) -> str:
-        """` trainer.max_epochs=N` (and max_steps) where this fit's length differs from the run's
-        saved config (a run being trained further), which resume= composes the run from: without
-        them, the resumed run would stop at the run's first end."""
-        from omegaconf import OmegaConf
-
-        saved = self.dirpath.parent / "config.yaml"
-        try:
-            cfg = OmegaConf.load(saved).trainer
-            differ = [(k, v) for k, v in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps)) if cfg.get(k) != v]
-        except Exception:  # noqa: BLE001 - no saved config (a library call): the message stays as it is
-            return ""
-        return "".join(f" trainer.{k}={v}" for k, v in differ)
 
     def restore_handlers(self) -> None:
         for s, handler in self.previous.items():

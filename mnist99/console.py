@@ -21,6 +21,9 @@ QUIET_WARNINGS = (
     ".*resuming from a checkpoint that ended before the epoch ended.*",
     # a resumed run writes into its own checkpoints/ folder, which is not empty by design
     r"Checkpoint directory .* exists and is not empty",
+    # the CSV logger writes into the run folder, which holds config.yaml already; an earlier
+    # attempt's metrics.csv, which it would delete, is kept first (run_info.keep_earlier_metrics)
+    r"Experiment logs directory .* exists and is not empty",
     # debug=overfit trains on the same first batches every epoch, which is what it asks for
     r"You requested to overfit but enabled train dataloader shuffling",
     # DDP: the logged accuracies and losses are torchmetrics' values, already reduced across the ranks

@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import ensemble, machine
 from mnist99.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer, choices, with_found
+from mnist99.callbacks import FitStart
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
-from mnist99.run_info import RunRecord, save_config
+from mnist99.run_info import RunRecord, keep_earlier_metrics, save_config
 from mnist99.standalone import StandaloneCheckpoint
 from mnist99.tensorboard import log_hparams
 
@@ -50,12 +51,16 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     """Fit one model and (with cfg.test) test it: (metrics, the trained model, its datamodule)."""
     prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, num_classes = build_datamodule(cfg)  # what the model needs from the data, found once
+    # what the model needs from the data, found without touching it: the Trainer prepares and sets
+    # the data up when it runs (prepare_data on one process per node), as Lightning means it
+    datamodule, num_classes = build_datamodule(cfg)
     cfg = with_found(cfg, num_classes)  # the config of what runs, a copy
     model = build_model(cfg)
     loggers = build_loggers(cfg)
+    keep_earlier_metrics(loggers)  # a resumed run's metrics.csv, which Lightning's CSVLogger would delete
+    clock = FitStart()
     # every checkpoint carries the run's config and data settings: eval.py and predict.py take it alone
-    callbacks = build_callbacks(cfg, [*extra_callbacks, StandaloneCheckpoint(cfg)], with_logger=bool(loggers))
+    callbacks = build_callbacks(cfg, [*extra_callbacks, StandaloneCheckpoint(cfg), clock], with_logger=bool(loggers))
     suggested = None
     if OmegaConf.select(cfg, "tune.lr_find"):
         from mnist99.tune import find_lr
@@ -69,19 +74,15 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     save_config(cfg, Path(cfg.paths.output_dir), choices(cfg))  # once, before training: what runs
     trainer = build_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
-    skipped = len(getattr(datamodule, "skipped", ()))
-    if skipped:  # data.on_bad_image=skip: in the logs and run.yaml, not only on the console
-        for logger in trainer.loggers:
-            logger.log_metrics({"data/skipped_images": skipped}, step=0)
 
-    start = time.perf_counter()
     resume = cfg.get("resume_ckpt")
     if resume:  # a clear refusal now, instead of a deep error inside Lightning's restore
         check_fits(read_checkpoint(resume), model, resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics["fit_seconds"] = time.perf_counter() - start
-    if skipped:
+    metrics["fit_seconds"] = time.perf_counter() - clock.start if clock.start else 0.0
+    skipped = len(datamodule.skipped)
+    if skipped:  # data.on_bad_image=skip: in run.yaml too, not only on the console and in the logs (FitStart)
         metrics["data/skipped_images"] = float(skipped)
     if suggested:
         metrics["tune/suggested_lr"] = suggested

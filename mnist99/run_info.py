@@ -68,6 +68,24 @@ def save_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None =
     OmegaConf.save(OmegaConf.create(saved), Path(run_dir) / "config.yaml")
 
 
+def keep_earlier_metrics(loggers: list) -> None:
+    """Lightning's CSVLogger deletes a metrics.csv it finds in its folder as it starts: the rows of
+    a resumed run's earlier attempts are kept, the first attempt's as metrics-1.csv, the next as
+    metrics-2.csv, ..., and this attempt writes metrics.csv."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    for logger in loggers:
+        earlier = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if earlier is not None and earlier.is_file():
+            n = 1
+            while (kept := earlier.with_name(f"metrics-{n}.csv")).exists():
+                n += 1
+            earlier.rename(kept)
+
+
 class RunRecord:
     """`run.yaml` in the run folder, rewritten as the run moves from running to its end state."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -38,7 +39,8 @@ COSINE = ("scheduler._target_", ("torch.optim.lr_scheduler.CosineAnnealingLR",))
 class Rule:
     """kind: number | integer (at least `low`, or greater than it with `above`), fractions (in
     [0, 1), or a list of `count` of them), positive (greater than 0, or one per channel), switch
-    (true or false), given (anything but null), accelerator (a GPU only where there is one)."""
+    (true or false), choice (one of `options`), given (anything but null), accelerator (a GPU only
+    where there is one)."""
 
     kind: str
     low: float = 0
@@ -48,6 +50,7 @@ class Rule:
     hint: str = ""
     when: tuple[str, tuple[str, ...]] | None = None
     missing: str = ""  # the refusal when it is missing or null, for `given`
+    options: tuple = ()  # for `choice`
 
 
 NO_FOLDER = ("data=folder trains on your own image folder, and none was given: add data.data_dir=/path/to/folder (holding "
@@ -74,6 +77,9 @@ SCHEMA: dict[str, Rule] = {
     "data.val_size": Rule("integer", 0, hint="0 validates on testing/."),
     "data.num_workers": Rule("integer", 0, hint="0 loads batches in the main process."),
     "data.image_size": Rule("integer", 1, hint="Every image is resized to it; MNIST's is 28."),
+    "data.channels": Rule("choice", options=(1, 3), hint="1 reads every image as grey, 3 as colour (RGB)."),
+    "data.on_bad_image": Rule("choice", options=("error", "skip"), hint="error stops at the first unreadable image, "
+                              "naming it; skip leaves unreadable images out and reports how many."),
     "data.std": Rule("positive", null=True, hint="MNIST's is 0.3081; null takes the training images' own."),
     "data.normalize": Rule("switch"),
     "data.drop_last": Rule("switch"),
@@ -103,6 +109,29 @@ def check(cfg: DictConfig, schema: dict[str, Rule] = SCHEMA) -> None:
         message = refusal(key, rule, value)
         if message:
             raise ConfigError(message)
+    message = channels_refusal(OmegaConf.select(cfg, "data.channels"), OmegaConf.select(cfg, "data.model_channels"))
+    if message:
+        raise ConfigError(message)
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """The same refusals for values given in Python (dotted key -> value), for the classes a
+    script builds without a composed config: one rule, one message, however the value came."""
+    for key, value in values.items():
+        message = refusal(key, SCHEMA[key], value) if key in SCHEMA else None
+        if message:
+            raise ConfigError(message)
+    message = channels_refusal(values.get("data.channels"), values.get("data.model_channels"))
+    if message:
+        raise ConfigError(message)
+
+
+def channels_refusal(channels, model_channels) -> str | None:
+    """Colour images need a model that takes as many channels; grey ones are repeated to fill any stem."""
+    if channels in (None, 1) or model_channels in (None, channels):
+        return None
+    return (f"data.channels={channels} but the model takes {model_channels} channel(s) (model.in_channels): "
+            f"set model.in_channels={channels}, or data.channels=1 to read the images as grey.")
 
 
 def required(cfg: DictConfig, rule: Rule) -> bool:
@@ -126,6 +155,9 @@ def refusal(key: str, rule: Rule, value) -> str | None:
         return None
     if value is None and rule.null:
         return None
+    if rule.kind == "choice":
+        ok = not isinstance(value, bool) and value in rule.options
+        return None if ok else f"{key}={shown} is not one of {', '.join(map(str, rule.options))}: {rule.hint}"
     if rule.kind == "switch":
         return None if isinstance(value, bool) else f"{key}={shown} is not a switch: use {key}=true or {key}=false."
     if rule.kind == "fractions":

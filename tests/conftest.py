@@ -143,6 +143,19 @@ def captured(main, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tiny_tree, tmp_path_factory) -> Path:
+    """The folder of a run of the default recipe made as a user makes one (train.py, 2 epochs on
+    the tiny tree, TensorBoard on), shared by the tests that read run folders: one that changes
+    the folder works on a copy."""
+    logs = tmp_path_factory.mktemp("runlogs")
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
+                          f"paths.log_dir={logs}", "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = (logs / "runs").iterdir()
+    return found
+
+
+@pytest.fixture(scope="session")
 def real_subset(shared_mnist, tmp_path_factory):
     """The first 4000 training and 4000 test images of MNIST, as an mnist_png tree."""
     from mnist99.data.prepare import _prepare

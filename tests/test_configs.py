@@ -95,6 +95,8 @@ def test_every_logger_and_callbacks_builds(make_cfg, logger, callbacks):
     else:
         expected = len(cfg.callbacks) - (0 if loggers else 1)  # the lr monitor needs a logger
         assert len(built) == expected and any(isinstance(c, LearningRateMonitor) for c in built) == bool(loggers)
+        constant = build_callbacks(make_cfg(f"logger={logger}", f"callbacks={callbacks}", "scheduler=none"), with_logger=bool(loggers))
+        assert not any(isinstance(c, LearningRateMonitor) for c in constant)  # train/lr comes from the module then
 
 
 def test_checkpoints_follow_the_optimized_metric(make_cfg):

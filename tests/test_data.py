@@ -12,7 +12,7 @@ import mnist99.data.cache as cache_mod
 from mnist99.data.datamodule import MNISTDataModule
 from mnist99.errors import ConfigError, DataError
 
-from conftest import write_png_tree
+from conftest import run_in_process, write_png_tree
 
 
 def dm_for(root: Path, **kw) -> MNISTDataModule:
@@ -116,6 +116,15 @@ def test_tree_without_class_folders(tmp_path):
     (tmp_path / "d" / "testing").mkdir()
     with pytest.raises(DataError, match="holds no class folders"):
         dm_for(tmp_path / "d")
+
+
+def test_a_run_on_a_tree_without_class_folders_is_refused_in_one_paragraph(tmp_path):
+    """Found as the model is sized (the class count), before anything is built or trained."""
+    (tmp_path / "d" / "training").mkdir(parents=True)
+    (tmp_path / "d" / "testing").mkdir()
+    proc = run_in_process("train", f"data.data_dir={tmp_path / 'd'}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert proc.returncode == 2 and "holds no class folders" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "logs" / "runs").exists() or not any((tmp_path / "logs" / "runs").iterdir())
 
 
 def test_missing_tree_without_sources(tmp_path, monkeypatch):

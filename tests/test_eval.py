@@ -13,13 +13,9 @@ from conftest import run_in_process
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_tree, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("evallogs")
-    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
-                   f"paths.log_dir={logs}", "trainer.enable_progress_bar=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (found,) = (logs / "runs").iterdir()
-    return found
+def run_dir(trained_run, tmp_path_factory):
+    """A copy of the shared run: eval.py writes its figures and eval.yaml into the run folder."""
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("eval") / trained_run.name))
 
 
 def evaluate(*args):

@@ -167,10 +167,13 @@ def test_models_size_themselves_from_the_data(photos, make_cfg):
         dm, num_classes = build_datamodule(cfg)
         net = build_model(with_found(cfg, num_classes))
         assert cfg.model.num_classes is None  # found from the data and passed in: the config stays as composed
+        assert dm.data_train is None  # nothing read yet: the Trainer sets the data up when it runs
+        dm.setup("fit")
         x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
         assert x.shape[1:] == (channels, size, size) and net(x).shape == (len(x), 3), model
     cfg = make_cfg("model=resnet18", "data=folder", "data.channels=1", data_dir=photos, val_size=None)
     dm, _ = build_datamodule(cfg)
+    dm.setup("fit")
     x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])  # grey repeated into the ResNet's stem
     with pytest.raises(ConfigError, match="model.num_classes=10 but"):

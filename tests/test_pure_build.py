@@ -1,5 +1,6 @@
 """Building a run changes neither the config nor the disk: what the data tells (the class count)
-is found once and passed in, and config.yaml is written once, before training, saying what ran."""
+is found once, without reading or writing the data, and passed in; the Trainer prepares and sets
+the data up; config.yaml is written once, before training, saying what ran."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT
+from mnist99.build import build_datamodule
+from mnist99.data.datamodule import MNISTDataModule
 from mnist99.pipeline import train
 
 
@@ -57,3 +60,24 @@ def test_the_config_saved_at_start_is_the_one_at_the_end_and_the_composed_config
     saved = (tmp_path / "config.yaml").read_text()
     assert at_start.text == saved
     assert yaml.safe_load(saved)["model"]["num_classes"] == 10 == yaml.safe_load(saved)["model"]["net"]["num_classes"]
+
+
+def test_the_class_count_is_found_without_touching_the_data_and_the_trainer_prepares_it(make_cfg, tmp_path, monkeypatch):
+    """A folder MNIST is to be built in stays missing while the run is built (MNIST's ten classes);
+    prepare_data and setup are called by the Trainer (Lightning runs prepare_data on one process
+    per node), never by mnist99 before it."""
+    missing = tmp_path / "mnist_png"
+    datamodule, num_classes = build_datamodule(make_cfg(data_dir=missing))
+    assert num_classes == 10 and not missing.exists() and datamodule.data_train is None
+
+    calls = []
+    for hook in ("prepare_data", "setup"):
+        def spy(self, *args, _original=getattr(MNISTDataModule, hook), _hook=hook, **kwargs):
+            calls.append((_hook, self.trainer.state.fn.value if self.trainer is not None else "no trainer"))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(MNISTDataModule, hook, spy)
+    cfg = make_cfg("experiment=fast", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                   "trainer.enable_progress_bar=false")
+    assert "test/acc" in train(cfg)
+    assert calls == [("prepare_data", "fit"), ("setup", "fit"), ("prepare_data", "test"), ("setup", "test")]

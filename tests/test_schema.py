@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import run_in_process
 from mnist99 import schema
 from mnist99.config import CONFIG_DIR, validate
+from mnist99.data.datamodule import MNISTDataModule
 from mnist99.errors import ConfigError
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
@@ -99,3 +100,19 @@ def test_deleting_a_key_on_the_command_line_is_refused_at_start_up():
     proc = run_in_process("train", "~optimizer.lr")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("mnist99: error: optimizer.lr is missing"), proc.stderr
     assert "+optimizer.lr=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, arguments", [
+    (["data.channels=2"], {"channels": 2}),
+    (["data.on_bad_image=ignore"], {"on_bad_image": "ignore"}),
+    (["data.image_size=0"], {"image_size": 0}),
+    (["data.val_size=-1"], {"val_size": -1}),
+    (["data.channels=3", "model.in_channels=1"], {"channels": 3, "model_channels": 1}),
+])
+def test_a_datamodule_built_from_python_refuses_in_the_words_of_the_start_up_check(overrides, arguments, tmp_path):
+    """One rule and one message per key, whether the value came from the command line or from Python."""
+    with pytest.raises(ConfigError) as at_start_up:
+        validate(composed(*overrides))
+    with pytest.raises(ConfigError) as from_python:
+        MNISTDataModule(tmp_path, **arguments)
+    assert str(from_python.value) == str(at_start_up.value) and overrides[0].split("=")[0] in str(at_start_up.value)

@@ -109,8 +109,12 @@ def test_train_further_on_the_command_line(tiny_tree, tmp_path):
     first = run_in_process("train", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
+    first_rows = (run_dir / "metrics.csv").read_text()
     again = run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    # the first attempt's CSV rows are kept (Lightning's CSVLogger would delete them), this one's beside them
+    assert (run_dir / "metrics-1.csv").read_text() == first_rows and "test/acc" in (run_dir / "metrics.csv").read_text()
+    assert "warning" not in again.stderr.lower(), again.stderr[-2000:]
     assert (f"Resumed from {(run_dir / 'checkpoints' / 'last.ckpt').relative_to(tmp_path)} at step 25 (epoch 1); training on to "
             "step 50: 25 more steps, with a new one-cycle schedule (peak learning rate 0.01).") in again.stdout, again.stdout
     summary = [line for line in again.stdout.splitlines() if line.startswith("mnist99: task=fast")]

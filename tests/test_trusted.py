@@ -67,14 +67,9 @@ def test_instantiate_refuses_before_calling_and_allows_on_purpose(tmp_path, monk
     assert trusted.instantiate(cfg.model.net) is None and victim.read_text() != "precious"  # allowed: it ran
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_tree, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("trustedlogs")
-    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=1",
-                          f"paths.log_dir={logs}", "trainer.enable_progress_bar=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (found,) = (logs / "runs").iterdir()
-    return found
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run  # copied before it is changed (hostile_copy)
 
 
 def hostile_copy(run_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -108,7 +103,7 @@ def test_a_copied_run_folder_naming_torch_save_is_refused_in_one_paragraph(run_d
     shutil.copy(copy / "checkpoints" / "last.ckpt", lone)
     args = {"eval": ("eval", f"ckpt_path={copy}"),
             "predict": ("predict", f"ckpt_path={copy}", f"inputs={digit}"),
-            "resume": ("train", f"resume={copy}", "trainer.max_epochs=2"),
+            "resume": ("train", f"resume={copy}", "trainer.max_epochs=3"),
             "lone checkpoint": ("predict", f"ckpt_path={lone}", f"inputs={digit}")}[command]
     proc = run_in_process(*args)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -126,6 +121,6 @@ def test_a_hostile_logging_section_in_a_copied_run_is_refused(run_dir, tmp_path)
     cfg.model.net = OmegaConf.load(run_dir / "config.yaml").model.net
     cfg.hydra = {"job_logging": {"version": 1, "formatters": {"x": {"()": "torch.save", "obj": 1, "f": str(victim)}}}}
     OmegaConf.save(cfg, saved)
-    proc = run_in_process("train", f"resume={copy}", "trainer.max_epochs=2")
+    proc = run_in_process("train", f"resume={copy}", "trainer.max_epochs=3")
     assert proc.returncode == 2 and "hydra.job_logging.formatters.x: it names torch.save" in proc.stderr
     assert victim.read_text() == "precious"

@@ -11,12 +11,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mnist99 import schema
 from mnist99.data.batches import TensorBatchDataset, batch_as_is
 from mnist99.data.cache import load_split
-from mnist99.data.imagetree import MODES
 from mnist99.data.model_input import channel_stats, to_model_input
 from mnist99.data.sampler import EpochShuffle
-from mnist99.data.splits import LAYOUTS, describe, find_splits, is_empty
+from mnist99.data.splits import LAYOUTS, class_folders, describe, find_splits, is_empty
 from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -64,22 +64,13 @@ class MNISTDataModule(L.LightningDataModule):
         drop_last: bool = False,
     ):
         super().__init__()
-        # The checks a datamodule built from Python needs too (the config's start-up checks may not have run).
-        if channels not in MODES:
-            raise ConfigError(f"data.channels={channels!r} is impossible: use 1 (grey) or 3 (colour, RGB).")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ConfigError(f"data.image_size={image_size!r} is impossible: it must be a whole number of pixels, "
-                              "1 or more (28 for MNIST); every image is resized to image_size x image_size.")
+        # The start-up checks of these keys (mnist99.schema), for a datamodule built from Python too.
         model_channels = channels if model_channels is None else model_channels
-        if channels != 1 and model_channels != channels:
-            raise ConfigError(f"data.channels={channels} but the model takes {model_channels} channel(s) (model.in_channels): "
-                              f"set model.in_channels={channels}, or data.channels=1 to read the images as grey.")
+        schema.check_values({"data.channels": channels, "data.model_channels": model_channels, "data.image_size": image_size,
+                             "data.val_size": val_size, "data.batch_size": batch_size, "data.on_bad_image": on_bad_image})
         if loader != "tensor":
             raise ConfigError(f"data.loader={loader!r} is not a loader: mnist99 decodes every split once into tensors "
                               "(data.loader=tensor); torchvision's per-image ImageFolder path is in scripts/benchmark.py.")
-        if on_bad_image not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_image={on_bad_image!r}: use error (stop at the first unreadable image, "
-                              "naming it) or skip (leave unreadable images out and report how many).")
         self.data_dir = Path(data_dir).expanduser()
         self.source, self.pypi, self.build_mnist = source, pypi, build_mnist
         self.mirrors = None if mirrors is None else list(mirrors)  # None: torchvision's MNIST mirrors
@@ -101,17 +92,36 @@ class MNISTDataModule(L.LightningDataModule):
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
         self.position = (-1, 0)  # (epoch, training batches handed out in it), for mid-epoch checkpoints
 
+    def find_classes(self) -> tuple[str, ...]:
+        """The class names the data will have, found without reading an image or writing anything,
+        so that the model is sized before the Trainer prepares the data (prepare_data, on one
+        process per node) and sets it up (setup, on every process): the class folders of the
+        training split, or MNIST's ten where prepare_data is to build MNIST. A folder it cannot
+        use is refused here, on every process alike, in the words prepare_data would use."""
+        splits = find_splits(self.data_dir, self.train_dir, self.test_dir)
+        if splits is not None:
+            return class_folders(splits[0])
+        if self.build_mnist and is_empty(self.data_dir):
+            from mnist99.data.prepare import MNIST_CLASSES
+
+            return MNIST_CLASSES
+        raise self.no_splits()
+
     def prepare_data(self) -> None:
         """Build MNIST's PNG tree where that is meant (`build_mnist` set and the folder missing or
         empty); refuse, listing what is there, any other folder without splits. Sets no state:
-        Lightning runs it on one process per node, and `setup` finds the splits on every process."""
+        Lightning runs it on one process per node, and `setup` finds the splits on every process.
+        (A file lock in prepare_mnist_png still makes separate commands sharing a folder build it once.)"""
         if find_splits(self.data_dir, self.train_dir, self.test_dir) is not None:
             return
-        if self.build_mnist and is_empty(self.data_dir):
-            from mnist99.data.prepare import prepare_mnist_png
+        if not (self.build_mnist and is_empty(self.data_dir)):
+            raise self.no_splits()
+        from mnist99.data.prepare import prepare_mnist_png
 
-            prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi, cache_dir=self.cache_dir)
-            return
+        prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi, cache_dir=self.cache_dir)
+
+    def no_splits(self) -> DataError:
+        """The refusal of a data folder without a training and a test split, saying what it holds."""
         if self.build_mnist:
             why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that "
                    "holds anything else. To train on this folder, arrange it so; to train on MNIST, point "
@@ -120,7 +130,7 @@ class MNISTDataModule(L.LightningDataModule):
             why = "Point data.data_dir at your image folder"
         else:
             why = "Arrange it so, or name its splits with data.train_dir=... data.test_dir=..."
-        raise DataError(
+        return DataError(
             f"{self.data_dir} holds {describe(self.data_dir)}, but no training and test split: expected {LAYOUTS}, "
             f"each with one sub-folder of images per class (data.train_dir / data.test_dir name other splits). {why}."
         )
@@ -138,9 +148,9 @@ class MNISTDataModule(L.LightningDataModule):
         if classes != test_classes:
             raise DataError(f"The class folders differ between {train_root} {list(classes)} and "
                             f"{test_root} {list(test_classes)}; both splits need the same classes.")
-        if not 0 <= self.val_size < len(train_y):
+        if self.val_size >= len(train_y):  # its lower bound is the schema's (checked in __init__)
             raise ConfigError(f"data.val_size={self.val_size} is impossible: {train_root} holds {len(train_y)} images, and "
-                              f"val_size must be at least 0 and less than that (0 validates on the test split, {test_root.name}/).")
+                              f"val_size must be less than that (0 validates on the test split, {test_root.name}/).")
         self.classes = classes
         if self.normalize and (self.mean is None or self.std is None):  # the training split's own, saved in checkpoints
             mean, std = channel_stats(train_x)

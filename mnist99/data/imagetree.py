@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mnist99.data.safe_image import BadImage, open_image
+from mnist99.data.splits import class_folders
 from mnist99.errors import DataError
 
 IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS)  # what ImageFolder reads: png, jpg/jpeg, bmp, webp, tif, pgm, ppm
@@ -78,12 +79,7 @@ def list_split(root: Path) -> SplitListing:
         raise DataError(f"The split folder {root} does not exist. Point data.data_dir at a folder holding a training "
                         "and a test split (training/ and testing/, train/ and test/, train/ and valid/ or train/ and val/), "
                         "each with one sub-folder per class.")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"{root} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
-            "with the images of that class in it. Check data.data_dir."
-        )
+    classes = class_folders(root)
     rels, entries, labels, ignored = [], [], [], []
     for label, cls in enumerate(classes):
         n = len(entries)

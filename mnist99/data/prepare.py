@@ -52,6 +52,7 @@ MIRROR_TIMEOUT_S = 10.0
 
 SOURCE_ENV_VAR = "MNIST99_SOURCE"
 SPLITS = ("training", "testing")
+MNIST_CLASSES = tuple(str(digit) for digit in range(10))  # the class folders write_png_tree makes
 PNG_COMPRESS_LEVEL = 1  # fast; files are ~280 bytes each anyway
 PNG_CHUNK = 2000  # images a writer process takes at a time
 PNG_WORKERS = os.cpu_count() or 1  # processes writing PNGs (1: all in this one; tests that patch _save_png)
@@ -231,7 +232,7 @@ def write_png_tree(
     class_names: Optional[Sequence[str]] = None,
 ) -> int:
     """Write ``root/<split>/<label>/<index>.png`` for every split in ``arrays`` (``<label>`` the
-    label's name in ``class_names`` when given, else its digit).
+    label's name in ``class_names`` when given, else MNIST_CLASSES: its digit).
 
     ``limit`` (tests) writes only the first ``limit`` images of each split. Returns
     the number of PNGs written.
@@ -243,8 +244,8 @@ def write_png_tree(
     for split, (images, labels) in arrays.items():
         images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
         class_dirs = []
-        for label in range(10):
-            d = root / split / (class_names[label] if class_names else str(label))
+        for name in class_names or MNIST_CLASSES:
+            d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
             class_dirs.append(str(d))
         paths = [os.path.join(class_dirs[label], f"{index}.png") for index, label in enumerate(labels.tolist())]

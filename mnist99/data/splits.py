@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mnist99.errors import ConfigError
+from mnist99.errors import ConfigError, DataError
 
 # Looked for in this order: mnist_png's names, then the usual ones (fastai: train/valid, torchvision: train/val).
 TRAIN_NAMES = ("training", "train")
@@ -28,6 +28,18 @@ def find_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | No
     train = data_dir / train_dir if train_dir is not None else _first_dir(data_dir, TRAIN_NAMES)
     test = data_dir / test_dir if test_dir is not None else _first_dir(data_dir, TEST_NAMES)
     return (train, test) if train is not None and test is not None else None
+
+
+def class_folders(split: Path) -> tuple[str, ...]:
+    """A split's class names: its sub-folders, sorted, hidden ones left out; a label is a name's
+    position. A split without any is refused."""
+    classes = tuple(sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith(".")))
+    if not classes:
+        raise DataError(
+            f"{split} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
+            "with the images of that class in it. Check data.data_dir."
+        )
+    return classes
 
 
 def is_empty(folder: Path) -> bool:

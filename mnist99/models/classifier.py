@@ -73,8 +73,9 @@ class ClassifierBase(L.LightningModule):
         self.log_dict(self.train_metrics)
         if not self.trainer.lr_scheduler_configs:
             # LearningRateMonitor (callbacks.lr_monitor) logs a schedule's rate under its name,
-            # train/lr, and a rate without one as lr-<Optimizer>. A constant rate gets train/lr
-            # here, once an epoch: a self.log every step costs ~0.5 ms, a third of a linear model's step.
+            # train/lr; without a schedule it is left out (build_callbacks) and the constant rate
+            # is train/lr here, once an epoch: a self.log every step costs ~0.5 ms, a third of a
+            # linear model's step.
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_start(self) -> None:
