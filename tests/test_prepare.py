@@ -598,16 +598,11 @@ def test_real_source_subset(tmp_path, monkeypatch):
     assert (data_dir / "testing" / "7" / "0.png").exists()
 
 
-def test_script_reports_data_error_without_traceback(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != prepare.SOURCE_ENV_VAR}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data-dir", str(tmp_path / "d"), "--source", str(tmp_path / "nope")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def test_script_reports_data_error_without_traceback(tmp_path, monkeypatch):
+    from conftest import run_script_in_process
+
+    monkeypatch.delenv(prepare.SOURCE_ENV_VAR, raising=False)
+    proc = run_script_in_process("prepare_data", "--data-dir", str(tmp_path / "d"), "--source", str(tmp_path / "nope"), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "d").exists()
