@@ -144,13 +144,13 @@ def captured(main, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def trained_run_process(tiny_tree, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """(the finished process, the run folder) of the default recipe run as a user runs it:
-    `python train.py` in a new interpreter, started from another folder, 2 epochs on the tiny
-    tree, TensorBoard on, every step logged. Shared by the tests that read a run folder: one that
-    changes the folder works on a copy."""
+    """(the finished command, the run folder) of the default recipe as a user runs it:
+    `python train.py` (in-process: the tests that need a new interpreter start their own), started
+    from another folder, 2 epochs on the tiny tree, TensorBoard on, every step logged. Shared by
+    the tests that read a run folder: one that changes the folder works on a copy."""
     logs = tmp_path_factory.mktemp("runlogs")
-    proc = run_cli(f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
-                   "trainer.log_every_n_steps=1", f"paths.log_dir={logs}", cwd=tmp_path_factory.mktemp("elsewhere"))
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "trainer.max_epochs=2",
+                          "trainer.log_every_n_steps=1", f"paths.log_dir={logs}", cwd=tmp_path_factory.mktemp("elsewhere"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (found,) = (logs / "runs").iterdir()
     return proc, found

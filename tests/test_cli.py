@@ -23,7 +23,7 @@ def only(paths):
 
 @pytest.fixture
 def finished_run(trained_run_process):
-    """One real run started from another folder (conftest), its outputs in a temporary log dir."""
+    """One run started from another folder (conftest), its outputs in a temporary log dir."""
     return trained_run_process
 
 
