@@ -1,5 +1,5 @@
-"""Finding the training and test splits of a data folder by their names, and saying what a folder
-holds when it has none."""
+"""Finding the training and test splits of a data folder by their names and a split's class
+folders, and saying what a folder holds when it has none."""
 
 from __future__ import annotations
 
