@@ -258,9 +258,9 @@ class EMA(L.Callback):
         self.average: AveragedModel | None = None  # made when fitting starts
         self.updated_at = 0  # trainer.global_step of the last update (one update per optimizer step at most)
 
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        """After the optimizer step `step_idx` (zero-based)? Never at an epoch's end."""
-        return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
+    def should_update(self, step_idx: int) -> bool:
+        """After the optimizer step `step_idx` (zero-based)?"""
+        return step_idx >= self.start_step and step_idx % self.every_n_steps == 0
 
     @property
     def started(self) -> bool:

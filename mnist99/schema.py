@@ -96,27 +96,24 @@ SCHEMA: dict[str, Rule] = {
 _ABSENT = object()
 
 
-def check(cfg: DictConfig, schema: dict[str, Rule] = SCHEMA) -> None:
-    """Refuse the first key of `schema` that is missing where it is required, or holds a value it
+def check(cfg: DictConfig) -> None:
+    """Refuse the first key of SCHEMA that is missing where it is required, or holds a value it
     cannot take, with one paragraph naming it. Reading a value may raise OmegaConf's errors (an
     interpolation to a key that does not exist): the caller words those."""
-    for key, rule in schema.items():
+    present = {}
+    for key, rule in SCHEMA.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)  # absent, or ??? (OmegaConf's "missing")
-        if value is _ABSENT:
-            if required(cfg, rule):
-                raise ConfigError(rule.missing or missing_message(key, rule))
-            continue
-        message = refusal(key, rule, value)
-        if message:
-            raise ConfigError(message)
-    message = channels_refusal(OmegaConf.select(cfg, "data.channels"), OmegaConf.select(cfg, "data.model_channels"))
-    if message:
-        raise ConfigError(message)
+        if value is not _ABSENT:
+            present[key] = value
+        elif required(cfg, rule):
+            raise ConfigError(rule.missing or missing_message(key, rule))
+    check_values({**present, "data.model_channels": OmegaConf.select(cfg, "data.model_channels")})
 
 
 def check_values(values: Mapping[str, Any]) -> None:
-    """The same refusals for values given in Python (dotted key -> value), for the classes a
-    script builds without a composed config: one rule, one message, however the value came."""
+    """The refusal of the first value (dotted key -> value) its SCHEMA rule refuses, then of the
+    channels cross-check: what check runs on a composed config, and the classes a script builds
+    from Python run on their arguments. One rule, one message, however the value came."""
     for key, value in values.items():
         message = refusal(key, SCHEMA[key], value) if key in SCHEMA else None
         if message:

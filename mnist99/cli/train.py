@@ -117,9 +117,9 @@ def resume_argv(argv: list[str]) -> list[str]:
             f"{' '.join(swapped)} cannot swap one. Change keys instead (e.g. trainer.max_epochs=N, optimizer.lr=...), "
             "or start a new run with that option."
         )
-    quoted = str(run_dir).replace('"', '\\"'), str(ckpt).replace('"', '\\"')
+    quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731 - a path as a quoted override value
     return [argv[0], "--config-path", str(run_dir), "--config-name", "config",
-            f'hydra.run.dir="{quoted[0]}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted[1]}"', *rest]
+            f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
 
 
 def occupied_run_dir(overrides: list[str]) -> str | None:
