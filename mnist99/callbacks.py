@@ -490,8 +490,8 @@ class GracefulStop(L.Callback):
     """Ctrl-C (SIGINT) or SIGTERM while training: the current step finishes, the whole state goes
     to `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch and, with
     RngState, the random generators), and the run stops with a message that says how to resume it.
-    A second Ctrl-C stops at once, without saving. Under DDP the ranks agree each step on whether
-    to stop."""
+    A second Ctrl-C stops at once, without saving: mnist99.stopping words that stop, as it does a
+    Ctrl-C outside training. Under DDP the ranks agree each step on whether to stop."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

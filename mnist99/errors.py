@@ -18,8 +18,10 @@ class DivergedError(Mnist99Error):
 
 
 class Interrupted(Mnist99Error):
-    """Training stopped by a signal (Ctrl-C, SIGTERM) after saving its state (where, how to resume)."""
+    """A run stopped by a signal (Ctrl-C, SIGTERM): what was kept, how to go on. `trained` is False
+    when it stopped before its first training step, with nothing worth keeping."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, trained: bool = True):
         super().__init__(message)
         self.signum = signum
+        self.trained = trained

@@ -26,6 +26,7 @@ from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord, keep_earlier_metrics, save_config
 from mnist99.standalone import StandaloneCheckpoint
+from mnist99.stopping import ctrl_c_stops, is_ctrl_c, stopped_at_once
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -75,28 +76,31 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
     trainer = build_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     log_hparams(trainer, cfg, choices(cfg))
 
-    resume = cfg.get("resume_ckpt")
+    resume, start_step = cfg.get("resume_ckpt"), 0
     if resume:  # a clear refusal now, instead of a deep error inside Lightning's restore
-        check_fits(read_checkpoint(resume), model, resume)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics["fit_seconds"] = time.perf_counter() - clock.start if clock.start else 0.0
-    skipped = len(datamodule.skipped)
-    if skipped:  # data.on_bad_image=skip: in run.yaml too, not only on the console and in the logs (FitStart)
-        metrics["data/skipped_images"] = float(skipped)
-    if suggested:
-        metrics["tune/suggested_lr"] = suggested
-    if trainer.interrupted:
-        return metrics, model, datamodule
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if cfg.data.val_size == 0:
-            # Validation ran on testing/: picking the best epoch by it would select on the test
-            # set, so report the final weights, as the blog's last-epoch figures do.
-            best = ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        metrics["tested_weights"] = best or "final weights"
+        ckpt = read_checkpoint(resume)
+        check_fits(ckpt, model, resume)
+        start_step = ckpt.get("global_step", 0)
+    with ctrl_c_stops(Path(cfg.paths.output_dir), trained=lambda: trainer.global_step > start_step):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["fit_seconds"] = time.perf_counter() - clock.start if clock.start else 0.0
+        skipped = len(datamodule.skipped)
+        if skipped:  # data.on_bad_image=skip: in run.yaml too, not only on the console and in the logs (FitStart)
+            metrics["data/skipped_images"] = float(skipped)
+        if suggested:
+            metrics["tune/suggested_lr"] = suggested
+        if trainer.interrupted:
+            return metrics, model, datamodule
+        if cfg.get("test"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if cfg.data.val_size == 0:
+                # Validation ran on testing/: picking the best epoch by it would select on the test
+                # set, so report the final weights, as the blog's last-epoch figures do.
+                best = ""
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            metrics["tested_weights"] = best or "final weights"
     metrics["epochs"] = trainer.current_epoch
     return metrics, model, datamodule
 
@@ -162,7 +166,12 @@ def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str], discard_r
     leaves no run folder behind (RunRecord.discard); a sweep keeps its failed jobs' records."""
     record = RunRecord(run_dir, cfg, overrides, choices(cfg)) if rank_zero_only.rank == 0 else None
     try:
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C before the Trainer ran (mnist99.stopping)
+            if not is_ctrl_c(e):
+                raise
+            raise stopped_at_once(run_dir, trained=False) from None
     except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
         message = friendly(e)
         if message is None:
@@ -174,9 +183,11 @@ def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str], discard_r
             outcome, error = Outcome("diverged" if isinstance(e, DivergedError) else "failed", message=message), message
         if not record:
             return outcome
-        # "failed" is a refusal at build time (data, checkpoint, trainer settings): a new run that
-        # wrote no checkpoint, or a resumed one, has nothing worth a record
-        if discard_refused and outcome.status == "failed" and (record.earlier_text or not (run_dir / "checkpoints").exists()):
+        # "failed" is a refusal at build time (data, checkpoint, trainer settings), and a Ctrl-C before
+        # the first training step trained nothing: a new run that wrote no checkpoint, or a resumed
+        # one, has nothing worth a record
+        untrained = outcome.status == "failed" or (isinstance(e, Interrupted) and not e.trained)
+        if discard_refused and untrained and (record.earlier_text or not any(run_dir.rglob("*.ckpt"))):
             record.discard()
         else:
             record.finish(outcome.status, error=error)

@@ -86,7 +86,10 @@ def test_truncated_files_stay_detected_once_mnist99_and_its_libraries_are_import
 
     import mnist99.cli.eval
     import mnist99.cli.predict
-    import mnist99.cli.train  # noqa: F401
+    import mnist99.cli.train
+    import mnist99.evaluate
+    import mnist99.pipeline
+    import mnist99.predict  # noqa: F401
 
     # PIL would fill a truncated picture with grey, silently, if anything set this
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False

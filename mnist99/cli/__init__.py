@@ -4,14 +4,17 @@ What they run is the library (mnist99.pipeline, mnist99.evaluate, mnist99.predic
 
 from __future__ import annotations
 
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 from mnist99 import console
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
                             unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError
+from mnist99.stopping import is_ctrl_c
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
@@ -29,6 +32,19 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """The one-paragraph error every command ends with when the user can fix the problem."""
     print(f"\nmnist99: error: {message}\n", file=sys.stderr)
     sys.exit(code)
+
+
+@contextmanager
+def ctrl_c_ends(what: str) -> Iterator[None]:
+    """Around eval and predict, which keep nothing half-done: Ctrl-C (a KeyboardInterrupt, or
+    Lightning's exit after one) ends the command in one line with the shell's status 130."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as e:
+        if not is_ctrl_c(e):
+            raise
+        print(f"\nmnist99: Stopped by Ctrl-C (SIGINT) before {what} finished. Run the command again for it.\n", file=sys.stderr)
+        sys.exit(128 + int(signal.SIGINT))
 
 
 # Hydra's flags that take a value (`--cfg job`), and those after which no run starts.

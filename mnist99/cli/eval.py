@@ -12,14 +12,15 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from mnist99 import trusted
-from mnist99.cli import checked_argv, fail, setup_process
+from mnist99.cli import checked_argv, ctrl_c_ends, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
-from mnist99.evaluate import evaluate, locate
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
+    from mnist99.evaluate import evaluate, locate  # torch and Lightning, once the command is checked
+
     try:
         run_dir, ckpt = locate(str(cfg.ckpt_path))
         result = evaluate(run_dir, ckpt, top_losses=cfg.top_losses)
@@ -35,8 +36,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     setup_process(quiet_lightning=True)
-    sys.argv = checked_argv(sys.argv, "eval")
-    hydra_main()
+    with ctrl_c_ends("the evaluation"):
+        sys.argv = checked_argv(sys.argv, "eval")
+        hydra_main()
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from mnist99 import trusted
-from mnist99.cli import checked_argv, fail, setup_process
+from mnist99.cli import checked_argv, ctrl_c_ends, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
-from mnist99.predict import predict, write_csv
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="predict", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
+    from mnist99.predict import predict, write_csv  # torch and Lightning, once the command is checked
+
     try:
         rows, names, bad = predict(str(cfg.ckpt_path), cfg.inputs, cfg.batch_size)
     except MissingMandatoryValue as e:
@@ -55,8 +56,9 @@ def quote_inputs(argv: list[str]) -> list[str]:
 
 def main() -> None:
     setup_process(quiet_lightning=True)
-    sys.argv = checked_argv(quote_inputs(sys.argv), "predict")
-    hydra_main()
+    with ctrl_c_ends("the predictions"):
+        sys.argv = checked_argv(quote_inputs(sys.argv), "predict")
+        hydra_main()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +22,7 @@ from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
+from mnist99.stopping import stopped_at_once
 from mnist99.sweep import LAST_SWEEP
 
 log = logging.getLogger("mnist99")
@@ -29,10 +32,14 @@ def run(cfg: DictConfig) -> float | None:
     """One job: train and record it; print its summary or its one-paragraph error. A single run
     exits with 2 (failed, diverged) or 128+signal (interrupted); a sweep's job returns
     `failed_value` so the sweep goes on. Returns the optimized metric for a sweeper."""
-    from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    try:
+        from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
+    except KeyboardInterrupt:  # seconds of loading on a small CPU, where a user may think better of the command
+        if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # Hydra's folder for a run that never began
+        raise  # main() says so
     overrides = list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
@@ -65,6 +72,15 @@ def run(cfg: DictConfig) -> float | None:
         fail(outcome.message)
     summary(cfg, outcome.metrics, run_dir)
     return optimized_value(cfg, outcome.metrics)
+
+
+def stopped_before_training(multirun: bool) -> NoReturn:
+    """Ctrl-C before a run's first training step (a run that began ends in `run`, with its record)."""
+    stop = stopped_at_once(Path.cwd(), trained=False)  # no folder is named before training
+    message = (f"Stopped by Ctrl-C (SIGINT) before the job under way began training: the sweep ends here, and the jobs "
+               "that finished keep their folders." if multirun else str(stop))
+    print(f"\nmnist99: {message}\n", file=sys.stderr)
+    sys.exit(128 + stop.signum)
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
@@ -150,6 +166,18 @@ def main() -> None:
     sys.argv = ddp_sweep.child_argv(sys.argv)
     run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
     try:
+        checked_then_run()
+    except KeyboardInterrupt:  # Ctrl-C outside any run's training (a run's own stops end in `run`)
+        stopped_before_training(multirun=any(a in ("-m", "--multirun") for a in sys.argv[1:]))
+    # Every DDP process leaves with its group closed: exiting with it alive can fail on the way out.
+    ddp_sweep.drop_process_group()
+    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
+        sys.exit(min(LAST_SWEEP.failed, 125))
+
+
+def checked_then_run() -> None:
+    """The start-up checks (a refusal ends in one paragraph before Hydra makes a folder), then Hydra's run."""
+    try:
         sys.argv = checked_argv(resume_argv(sys.argv), "train", check_values=True)
     except ConfigError as e:
         fail(str(e))
@@ -157,10 +185,6 @@ def main() -> None:
     if message:
         fail(message)
     hydra_main()
-    # Every DDP process leaves with its group closed: exiting with it alive can fail on the way out.
-    ddp_sweep.drop_process_group()
-    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
-        sys.exit(min(LAST_SWEEP.failed, 125))
 
 
 if __name__ == "__main__":
