@@ -19,25 +19,28 @@ from typing import Callable, Iterator
 from mnist99.errors import Interrupted
 
 
+BEFORE_TRAINING = ("Stopped by Ctrl-C (SIGINT) before training began: nothing was trained, and nothing of this attempt "
+                   "is kept. Run the same command again to start it.")
+
+
 def is_ctrl_c(e: BaseException) -> bool:
     """A KeyboardInterrupt, or Lightning's `sys.exit(1)` in answer to one."""
     return isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and isinstance(e.__context__, KeyboardInterrupt))
 
 
 def stopped_at_once(run_dir: Path, trained: bool) -> Interrupted:
-    """The Interrupted for a Ctrl-C that stopped the run where it was. `trained`: this attempt took
-    a training step, so its folder is worth keeping."""
+    """The Interrupted for a Ctrl-C that stopped the run in `run_dir` where it was. `trained`: this
+    attempt took a training step, so its folder is worth keeping."""
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if not trained:
-        what = ("before training began: nothing was trained, and nothing of this attempt is kept. Run the same "
-                "command again to start it")
-    elif last.is_file():
+        return Interrupted(BEFORE_TRAINING, int(signal.SIGINT), trained=False)
+    if last.is_file():
         what = (f"at once, saving nothing more. {last} holds the state saved last: continue from there with: "
                 f"python train.py resume={run_dir}")
     else:
         what = (f"before its first checkpoint, so there is nothing to resume; its logs so far are in {run_dir}. "
                 "Run the same command again to start over")
-    return Interrupted(f"Stopped by Ctrl-C (SIGINT) {what}.", int(signal.SIGINT), trained=trained)
+    return Interrupted(f"Stopped by Ctrl-C (SIGINT) {what}.", int(signal.SIGINT))
 
 
 @contextmanager

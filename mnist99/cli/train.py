@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -22,7 +23,7 @@ from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
-from mnist99.stopping import stopped_at_once
+from mnist99.stopping import BEFORE_TRAINING
 from mnist99.sweep import LAST_SWEEP
 
 log = logging.getLogger("mnist99")
@@ -76,11 +77,10 @@ def run(cfg: DictConfig) -> float | None:
 
 def stopped_before_training(multirun: bool) -> NoReturn:
     """Ctrl-C before a run's first training step (a run that began ends in `run`, with its record)."""
-    stop = stopped_at_once(Path.cwd(), trained=False)  # no folder is named before training
-    message = (f"Stopped by Ctrl-C (SIGINT) before the job under way began training: the sweep ends here, and the jobs "
-               "that finished keep their folders." if multirun else str(stop))
+    message = ("Stopped by Ctrl-C (SIGINT) before the job under way began training: the sweep ends here, and the jobs "
+               "that finished keep their folders." if multirun else BEFORE_TRAINING)
     print(f"\nmnist99: {message}\n", file=sys.stderr)
-    sys.exit(128 + stop.signum)
+    sys.exit(128 + int(signal.SIGINT))
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
