@@ -719,3 +719,39 @@ def test_first_run_caches_the_arrays_it_wrote_instead_of_decoding_them(synthetic
         want = decoded[split]
         assert torch.equal(images, want[0]) and torch.equal(labels, want[1])
         assert classes == want[2] and skipped == () and len(labels) > 0
+
+
+def test_png_writers_leave_when_their_command_is_killed(tmp_path):
+    """SIGKILL (or SIGTERM before Lightning's handler) stops a first run while it writes PNGs: its
+    writer processes must not wait for work forever."""
+    started = tmp_path / "started"
+    started.mkdir()
+    code = (
+        "import os, sys, time, numpy as np\n"
+        "from mnist99.data import prepare\n"
+        "def slow_save(image, path):\n"
+        "    open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\n"
+        "    time.sleep(0.05)\n"
+        "prepare._save_png, prepare.PNG_WORKERS, prepare.PNG_CHUNK = slow_save, 2, 20\n"
+        "images = np.zeros((400, 28, 28), np.uint8)\n"
+        "prepare.write_png_tree(sys.argv[2], {'training': (images, np.zeros(400, np.uint8))}, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(started), str(tmp_path / "tree")], cwd=REPO_ROOT)
+    deadline = time.monotonic() + 60
+    while len(list(started.iterdir())) < 2:  # both writers at work
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    writers = [int(f.name) for f in started.iterdir()]
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"  # a zombie has exited
+        except (FileNotFoundError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in writers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in writers), f"writers {writers} outlived their command"

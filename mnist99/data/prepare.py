@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import zlib
@@ -263,6 +264,19 @@ def _write_chunk(images: np.ndarray, paths: list[str]) -> int:
     return len(paths)
 
 
+def _exit_with(parent: int) -> None:
+    """A writer's initializer: leave when the command that started it is gone. A command killed
+    while it builds MNIST (SIGTERM before Lightning's handler, SIGKILL) cannot stop its pool, and
+    the writers would wait for work forever: they hold the work queue's other end themselves."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mnist99-exit-with-parent").start()
+
+
 def _write_chunks(chunks: list) -> Iterator[int]:
     """Write the chunks, yielding each one's count as it is done. Encoding a PNG is mostly Python
     (PIL's plugin) holding the GIL, so PNG_WORKERS processes share the work (MNIST's 70,000 in
@@ -275,7 +289,7 @@ def _write_chunks(chunks: list) -> Iterator[int]:
 
     # fork: the workers start at once, without importing mnist99 again
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ProcessPoolExecutor(max_workers=PNG_WORKERS, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=PNG_WORKERS, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         jobs = [pool.submit(_write_chunk, *chunk) for chunk in chunks]
         try:
             for job in as_completed(jobs):
