@@ -103,9 +103,9 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_resume_finishes
 # Ctrl-C outside a training step: Lightning alone would exit with status 1, without a word, leaving
 # run.yaml at "running" (mnist99.stopping).
 
-def run_expecting_ctrl_c(*args: str) -> subprocess.CompletedProcess:
+def run_expecting_ctrl_c(command: str, *args: str) -> subprocess.CompletedProcess:
     try:
-        return run_in_process("train", *args)
+        return run_in_process(command, *args)
     except KeyboardInterrupt:  # caught here, or pytest would take it as the user's and stop the session
         pytest.fail("the Ctrl-C escaped the command as a KeyboardInterrupt")
 
@@ -115,7 +115,7 @@ def test_ctrl_c_while_mnist_is_built_ends_in_one_paragraph_and_leaves_nothing_be
     fail_after(monkeypatch, 15, KeyboardInterrupt())  # Ctrl-C at the 16th PNG of the first run's data
     data_dir, logs = tmp_path / "mnist_png", tmp_path / "logs"
     handler = signal.getsignal(signal.SIGINT)
-    proc = run_expecting_ctrl_c(f"data.data_dir={data_dir}", f"data.source={src}", "model=linear", "trainer.max_epochs=1",
+    proc = run_expecting_ctrl_c("train", f"data.data_dir={data_dir}", f"data.source={src}", "model=linear", "trainer.max_epochs=1",
                                 "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={logs}")
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Stopped by Ctrl-C (SIGINT) before training began" in proc.stderr and "Traceback" not in proc.stderr
@@ -131,7 +131,7 @@ def test_ctrl_c_during_the_test_keeps_the_trained_run_and_resume_tests_it(tiny_t
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ClassifierBase, "on_test_start", ctrl_c, raising=False)
-    proc = run_expecting_ctrl_c(f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=2",
+    proc = run_expecting_ctrl_c("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=2",
                                 "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={tmp_path}")
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert proc.returncode == 130, proc.stderr[-3000:]
@@ -175,7 +175,7 @@ def test_ctrl_c_before_a_resumed_run_trains_leaves_its_folder_as_it_was(trained_
         raise KeyboardInterrupt
 
     monkeypatch.setattr("mnist99.pipeline.build_model", ctrl_c)  # after the run's record is written, before the Trainer
-    proc = run_expecting_ctrl_c(f"resume={run_dir}", "trainer.max_epochs=3")
+    proc = run_expecting_ctrl_c("train", f"resume={run_dir}", "trainer.max_epochs=3")
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Stopped by Ctrl-C (SIGINT) before training began" in proc.stderr and "Traceback" not in proc.stderr
     assert {f: (run_dir / f).read_bytes() for f in before} == before
@@ -188,10 +188,7 @@ def test_ctrl_c_ends_eval_and_predict_in_one_line(trained_run, tiny_tree, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(library, ctrl_c)
-    try:
-        inputs = [f"inputs={tiny_tree / 'testing' / '3'}"] if command == "predict" else []
-        proc = run_in_process(command, f"ckpt_path={trained_run}", *inputs)
-    except KeyboardInterrupt:
-        pytest.fail("the Ctrl-C escaped the command as a KeyboardInterrupt")
+    inputs = [f"inputs={tiny_tree / 'testing' / '3'}"] if command == "predict" else []
+    proc = run_expecting_ctrl_c(command, f"ckpt_path={trained_run}", *inputs)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert f"Stopped by Ctrl-C (SIGINT) before {what} finished" in proc.stderr and "Traceback" not in proc.stderr
