@@ -26,7 +26,7 @@ from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord, keep_earlier_metrics, save_config
 from mnist99.standalone import StandaloneCheckpoint
-from mnist99.stopping import ctrl_c_stops, is_ctrl_c, stopped_at_once
+from mnist99.stopping import stop_signal, stopped_at_once, stops_become_interrupted
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -81,7 +81,7 @@ def fit_and_test(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) ->
         ckpt = read_checkpoint(resume)
         check_fits(ckpt, model, resume)
         start_step = ckpt.get("global_step", 0)
-    with ctrl_c_stops(Path(cfg.paths.output_dir), trained=lambda: trainer.global_step > start_step):
+    with stops_become_interrupted(Path(cfg.paths.output_dir), trained=lambda: trainer.global_step > start_step):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["fit_seconds"] = time.perf_counter() - clock.start if clock.start else 0.0
@@ -168,10 +168,11 @@ def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str], discard_r
     try:
         try:
             metrics = train(cfg)
-        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C before the Trainer ran (mnist99.stopping)
-            if not is_ctrl_c(e):
+        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C or SIGTERM before the Trainer ran (mnist99.stopping)
+            signum = stop_signal(e)
+            if signum is None:
                 raise
-            raise stopped_at_once(run_dir, trained=False) from None
+            raise stopped_at_once(run_dir, trained=False, signum=signum) from None
     except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
         message = friendly(e)
         if message is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,7 @@ def captured(main, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
     out, err, code = io.StringIO(), io.StringIO(), 0
     saved_argv, here = sys.argv, Path.cwd()
+    sigterm = signal.getsignal(signal.SIGTERM)  # the command puts in its own (mnist99.stopping); pytest's stays
     GlobalHydra.instance().clear()
     try:
         sys.argv = list(argv)
@@ -138,6 +140,7 @@ def captured(main, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     finally:
         sys.argv = saved_argv
         os.chdir(here)
+        signal.signal(signal.SIGTERM, sigterm)
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 

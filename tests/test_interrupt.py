@@ -1,6 +1,7 @@
 """Ctrl-C or SIGTERM while training: the state is saved, the message says how to resume, and the
-resumed run ends exactly where an unstopped one does. Ctrl-C anywhere else (torch loading, MNIST
-being built, the test, eval and predict): one paragraph, status 130, nothing half-done kept."""
+resumed run ends exactly where an unstopped one does. Ctrl-C or SIGTERM anywhere else (torch loading,
+MNIST being built, the sanity check, the test, eval and predict): one paragraph, status 130 or 143,
+nothing half-done kept."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import yaml
 from omegaconf import open_dict
 
 from conftest import ROOT, run_in_process
-from test_prepare import fail_after, leftovers, synthetic  # noqa: F401 - synthetic is a fixture
+from test_prepare import leftovers, synthetic  # noqa: F401 - synthetic is a fixture
+from mnist99.data import prepare
 from mnist99.errors import Interrupted
 from mnist99.pipeline import fit_and_test
 
@@ -101,7 +103,7 @@ def test_ctrl_c_on_the_command_line_saves_says_how_to_resume_and_resume_finishes
 
 
 # Ctrl-C outside a training step: Lightning alone would exit with status 1, without a word, leaving
-# run.yaml at "running" (mnist99.stopping).
+# run.yaml at "running"; SIGTERM would end the process where it stood (mnist99.stopping).
 
 def run_expecting_ctrl_c(command: str, *args: str) -> subprocess.CompletedProcess:
     try:
@@ -110,32 +112,68 @@ def run_expecting_ctrl_c(command: str, *args: str) -> subprocess.CompletedProces
         pytest.fail("the Ctrl-C escaped the command as a KeyboardInterrupt")
 
 
-def test_ctrl_c_while_mnist_is_built_ends_in_one_paragraph_and_leaves_nothing_behind(synthetic, tmp_path, monkeypatch):
+@pytest.fixture
+def sigterm_default():
+    """SIGTERM as a command finds it when started by a shell or a scheduler (the command puts in
+    its own handler; run_in_process puts this one back after it)."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def stop(signum: int) -> None:
+    """What the user or a scheduler does: Ctrl-C raises KeyboardInterrupt where the process stands
+    (raised, since a shell's background job ignores a real SIGINT); SIGTERM is sent for real."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    # with no handler of the command's, a real SIGTERM would end the whole pytest session
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN), "the command does not handle SIGTERM"
+    os.kill(os.getpid(), signum)
+
+
+def stopped_by(signum: int) -> str:
+    return "Stopped by Ctrl-C (SIGINT)" if signum == signal.SIGINT else "Stopped by SIGTERM"
+
+
+SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+
+
+@SIGNALS
+def test_a_stop_while_mnist_is_built_ends_in_one_paragraph_and_leaves_nothing_behind(synthetic, tmp_path, monkeypatch,
+                                                                                     sigterm_default, signum):
     src, _ = synthetic
-    fail_after(monkeypatch, 15, KeyboardInterrupt())  # Ctrl-C at the 16th PNG of the first run's data
+    real_save, calls = prepare._save_png, {"n": 0}
+
+    def save_then_stop(image, path):  # stopped at the 16th PNG of the first run's data
+        calls["n"] += 1
+        real_save(image, path)
+        if calls["n"] == 16:
+            stop(signum)
+
+    monkeypatch.setattr(prepare, "_save_png", save_then_stop)
+    monkeypatch.setattr(prepare, "PNG_WORKERS", 1)  # written in this process, where the patch is
     data_dir, logs = tmp_path / "mnist_png", tmp_path / "logs"
     handler = signal.getsignal(signal.SIGINT)
     proc = run_expecting_ctrl_c("train", f"data.data_dir={data_dir}", f"data.source={src}", "model=linear", "trainer.max_epochs=1",
                                 "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={logs}")
-    assert proc.returncode == 130, proc.stderr[-3000:]
-    assert "Stopped by Ctrl-C (SIGINT) before training began" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert f"{stopped_by(signum)} before training began" in proc.stderr and "Traceback" not in proc.stderr
     assert not data_dir.exists() and leftovers(tmp_path, "mnist_png") == []  # no half-written tree
     assert not list(logs.rglob("run.yaml")) and not list(logs.glob("runs/*"))  # no run folder to pick up later
     assert signal.getsignal(signal.SIGINT) is handler  # as before the run: Lightning leaves Ctrl-C ignored
 
 
-def test_ctrl_c_during_the_test_keeps_the_trained_run_and_resume_tests_it(tiny_tree, tmp_path, monkeypatch):
+@SIGNALS
+def test_a_stop_during_the_test_keeps_the_trained_run_and_resume_tests_it(tiny_tree, tmp_path, monkeypatch, sigterm_default, signum):
     from mnist99.models.classifier import ClassifierBase
 
-    def ctrl_c(self):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ClassifierBase, "on_test_start", ctrl_c, raising=False)
+    monkeypatch.setattr(ClassifierBase, "on_test_start", lambda self: stop(signum), raising=False)
     proc = run_expecting_ctrl_c("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=2",
                                 "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={tmp_path}")
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert proc.returncode == 130, proc.stderr[-3000:]
-    assert f"python train.py resume={run_dir}" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert f"{stopped_by(signum)} at once" in proc.stderr and f"python train.py resume={run_dir}" in proc.stderr
+    assert "Traceback" not in proc.stderr
     record = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert record["status"] == "interrupted" and "test/acc" not in record.get("metrics", {})
     trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -149,20 +187,38 @@ def test_ctrl_c_during_the_test_keeps_the_trained_run_and_resume_tests_it(tiny_t
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trained["global_step"]
 
 
-def test_ctrl_c_while_the_training_stack_loads_leaves_no_run_folder(tiny_tree, tmp_path):
+@SIGNALS
+def test_a_stop_during_the_sanity_check_of_a_new_run_leaves_no_run_folder(tiny_tree, tmp_path, monkeypatch, sigterm_default, signum):
+    """Inside `fit` before the first step: Lightning's own SIGTERM handler is in place, and calls mnist99's."""
+    from mnist99.models.classifier import ClassifierBase
+
+    monkeypatch.setattr(ClassifierBase, "on_validation_start", lambda self: stop(signum), raising=False)
+    proc = run_expecting_ctrl_c("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "model=mlp", "trainer.max_epochs=2",
+                                "trainer.enable_progress_bar=false", "logger=csv", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert f"{stopped_by(signum)} before training began" in proc.stderr and "Traceback" not in proc.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def default_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):  # as a terminal's command has them (a shell's `&` would ignore Ctrl-C)
+        signal.signal(s, signal.SIG_DFL)
+
+
+@SIGNALS
+def test_a_stop_while_the_training_stack_loads_leaves_no_run_folder(tiny_tree, tmp_path, signum):
     """The first seconds of every run import torch and Lightning: a real process, stopped there."""
     args = [sys.executable, str(ROOT / "train.py"), f"data.data_dir={tiny_tree}", f"paths.log_dir={tmp_path}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's `&` would ignore it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("runs/*/.hydra/overrides.yaml")):  # Hydra's last step before the run imports the stack
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.02)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Stopped by Ctrl-C (SIGINT) before training began" in err and "Traceback" not in err
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"{stopped_by(signum)} before training began" in err and "Traceback" not in err
     assert list((tmp_path / "runs").iterdir()) == []
 
 
@@ -181,14 +237,12 @@ def test_ctrl_c_before_a_resumed_run_trains_leaves_its_folder_as_it_was(trained_
     assert {f: (run_dir / f).read_bytes() for f in before} == before
 
 
+@SIGNALS
 @pytest.mark.parametrize("command, library, what", [("eval", "mnist99.evaluate.evaluate", "the evaluation"),
                                                     ("predict", "mnist99.predict.predict", "the predictions")])
-def test_ctrl_c_ends_eval_and_predict_in_one_line(trained_run, tiny_tree, monkeypatch, command, library, what):
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(library, ctrl_c)
+def test_a_stop_ends_eval_and_predict_in_one_line(trained_run, tiny_tree, monkeypatch, sigterm_default, command, library, what, signum):
+    monkeypatch.setattr(library, lambda *args, **kwargs: stop(signum))
     inputs = [f"inputs={tiny_tree / 'testing' / '3'}"] if command == "predict" else []
     proc = run_expecting_ctrl_c(command, f"ckpt_path={trained_run}", *inputs)
-    assert proc.returncode == 130, proc.stderr[-3000:]
-    assert f"Stopped by Ctrl-C (SIGINT) before {what} finished" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert f"{stopped_by(signum)} before {what} finished" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,7 +4,6 @@ What they run is the library (mnist99.pipeline, mnist99.evaluate, mnist99.predic
 
 from __future__ import annotations
 
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from mnist99 import console
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
                             unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError
-from mnist99.stopping import is_ctrl_c
+from mnist99.stopping import by, stop_on_sigterm, stop_signal
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
@@ -22,6 +21,7 @@ def setup_process(quiet_lightning: bool = False) -> None:
     warnings that say nothing to a user of this project (and, for eval and predict, for
     Lightning's start-up notices; a training run's trainer does that itself)."""
     register_resolvers()
+    stop_on_sigterm()  # a scheduler's SIGTERM ends a command as Ctrl-C does, in one paragraph (mnist99.stopping)
     if quiet_lightning:
         console.quiet_lightning()
     else:
@@ -35,16 +35,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def ctrl_c_ends(what: str) -> Iterator[None]:
-    """Around eval and predict, which keep nothing half-done: Ctrl-C (a KeyboardInterrupt, or
-    Lightning's exit after one) ends the command in one line with the shell's status 130."""
+def stops_end(what: str) -> Iterator[None]:
+    """Around eval and predict, which keep nothing half-done: Ctrl-C or SIGTERM (a KeyboardInterrupt,
+    or Lightning's exit after one) ends the command in one line with the shell's status, 130 or 143."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as e:
-        if not is_ctrl_c(e):
+        signum = stop_signal(e)
+        if signum is None:
             raise
-        print(f"\nmnist99: Stopped by Ctrl-C (SIGINT) before {what} finished. Run the command again for it.\n", file=sys.stderr)
-        sys.exit(128 + int(signal.SIGINT))
+        print(f"\nmnist99: Stopped by {by(signum)} before {what} finished. Run the command again for it.\n", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 # Hydra's flags that take a value (`--cfg job`), and those after which no run starts.

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from mnist99 import trusted
-from mnist99.cli import checked_argv, ctrl_c_ends, fail, setup_process
+from mnist99.cli import checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 
@@ -36,7 +36,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     setup_process(quiet_lightning=True)
-    with ctrl_c_ends("the evaluation"):
+    with stops_end("the evaluation"):
         sys.argv = checked_argv(sys.argv, "eval")
         hydra_main()
 

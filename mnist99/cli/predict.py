@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from mnist99 import trusted
-from mnist99.cli import checked_argv, ctrl_c_ends, fail, setup_process
+from mnist99.cli import checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 
@@ -56,7 +56,7 @@ def quote_inputs(argv: list[str]) -> list[str]:
 
 def main() -> None:
     setup_process(quiet_lightning=True)
-    with ctrl_c_ends("the predictions"):
+    with stops_end("the predictions"):
         sys.argv = checked_argv(quote_inputs(sys.argv), "predict")
         hydra_main()
 

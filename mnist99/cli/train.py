@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -23,7 +22,7 @@ from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
-from mnist99.stopping import BEFORE_TRAINING
+from mnist99.stopping import before_training, by, stop_signal
 from mnist99.sweep import LAST_SWEEP
 
 log = logging.getLogger("mnist99")
@@ -37,7 +36,7 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
-    except KeyboardInterrupt:  # seconds of loading on a small CPU, where a user may think better of the command
+    except KeyboardInterrupt:  # seconds of loading on a small CPU, where a user may think better of it (or SIGTERM)
         if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # Hydra's folder for a run that never began
         raise  # main() says so
@@ -75,12 +74,12 @@ def run(cfg: DictConfig) -> float | None:
     return optimized_value(cfg, outcome.metrics)
 
 
-def stopped_before_training(multirun: bool) -> NoReturn:
-    """Ctrl-C before a run's first training step (a run that began ends in `run`, with its record)."""
-    message = ("Stopped by Ctrl-C (SIGINT) before the job under way began training: the sweep ends here, and the jobs "
-               "that finished keep their folders." if multirun else BEFORE_TRAINING)
+def stopped_before_training(multirun: bool, signum: int) -> NoReturn:
+    """Ctrl-C or SIGTERM before a run's first training step (a run that began ends in `run`, with its record)."""
+    message = (f"Stopped by {by(signum)} before the job under way began training: the sweep ends here, and the jobs "
+               "that finished keep their folders." if multirun else before_training(signum))
     print(f"\nmnist99: {message}\n", file=sys.stderr)
-    sys.exit(128 + int(signal.SIGINT))
+    sys.exit(128 + signum)
 
 
 def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
@@ -167,8 +166,8 @@ def main() -> None:
     run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
     try:
         checked_then_run()
-    except KeyboardInterrupt:  # Ctrl-C outside any run's training (a run's own stops end in `run`)
-        stopped_before_training(multirun=any(a in ("-m", "--multirun") for a in sys.argv[1:]))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside any run's training (a run's own stops end in `run`)
+        stopped_before_training(any(a in ("-m", "--multirun") for a in sys.argv[1:]), stop_signal(e))
     # Every DDP process leaves with its group closed: exiting with it alive can fail on the way out.
     ddp_sweep.drop_process_group()
     if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
