@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist99.errors import DivergedError, Interrupted
+from mnist99.stopping import stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -519,10 +520,8 @@ class GracefulStop(L.Callback):
             return
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
-        name = signal.Signals(self.signum or signal.SIGTERM).name
-        how = "Ctrl-C (SIGINT)" if name == "SIGINT" else name
         raise Interrupted(
-            f"Stopped by {how} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx + 1} of "
+            f"{stopped_by(self.signum or signal.SIGTERM)} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx + 1} of "
             f"{trainer.num_training_batches}). The run's whole state is saved in {path}. Continue it where it "
             # resume= composes the run's config.yaml, written as this fit started: its length included
             f"stopped with: python train.py resume={self.dirpath.parent}",

@@ -49,13 +49,13 @@ def stop_signal(e: BaseException) -> int | None:
     return int(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
-def by(signum: int) -> str:
-    """How a message names the signal: the key the user pressed, or the signal a program sent."""
-    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+def stopped_by(signum: int) -> str:
+    """A stop message's first words: the key the user pressed, or the signal a program sent."""
+    return "Stopped by " + ("Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name)
 
 
 def before_training(signum: int) -> str:
-    return (f"Stopped by {by(signum)} before training began: nothing was trained, and nothing of this attempt "
+    return (f"{stopped_by(signum)} before training began: nothing was trained, and nothing of this attempt "
             "is kept. Run the same command again to start it.")
 
 
@@ -71,7 +71,7 @@ def stopped_at_once(run_dir: Path, trained: bool, signum: int = signal.SIGINT) -
     else:
         what = (f"before its first checkpoint, so there is nothing to resume; its logs so far are in {run_dir}. "
                 "Run the same command again to start over")
-    return Interrupted(f"Stopped by {by(signum)} {what}.", int(signum))
+    return Interrupted(f"{stopped_by(signum)} {what}.", int(signum))
 
 
 @contextmanager

@@ -5,6 +5,7 @@ nothing half-done kept."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,3 +247,33 @@ def test_a_stop_ends_eval_and_predict_in_one_line(trained_run, tiny_tree, monkey
     proc = run_expecting_ctrl_c(command, f"ckpt_path={trained_run}", *inputs)
     assert proc.returncode == 128 + signum, proc.stderr[-3000:]
     assert f"{stopped_by(signum)} before {what} finished" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@SIGNALS
+def test_a_stop_while_a_command_loads_ends_in_one_line(monkeypatch, capsys, sigterm_default, signum):
+    """The half-second in which Python loads a command (Hydra, OmegaConf), before its own handling."""
+    from mnist99 import commands
+
+    loading = commands.importlib.import_module
+    monkeypatch.setattr(commands.importlib, "import_module", lambda name: stop(signum) if name.startswith("mnist99.cli") else loading(name))
+    try:
+        with pytest.raises(SystemExit) as ended:
+            commands.train()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # start() put in mnist99's handler; the fixture restores pytest's
+    assert ended.value.code == 128 + signum
+    assert f"{stopped_by(signum)} before the command began: nothing was written." in capsys.readouterr().err
+
+
+def test_every_command_loads_through_the_module_that_handles_a_stop_and_imports_only_the_standard_library():
+    """train.py, eval.py, predict.py and the installed mnist99-* entry points all start in mnist99.commands."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"mnist99-train": "mnist99.commands:train", "mnist99-eval": "mnist99.commands:evaluate",
+                       "mnist99-predict": "mnist99.commands:predict"}
+    for command in ("train", "eval", "predict"):
+        assert f'start("{command}")' in (ROOT / f"{command}.py").read_text()
+    loaded = subprocess.run([sys.executable, "-c", "import json, sys, mnist99.commands; print(json.dumps(list(sys.modules)))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert not {"hydra", "omegaconf", "torch", "lightning", "yaml"} & {m.split(".")[0] for m in json.loads(loaded)}

@@ -13,7 +13,7 @@ from mnist99 import console
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
                             unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError
-from mnist99.stopping import by, stop_on_sigterm, stop_signal
+from mnist99.stopping import stop_on_sigterm, stop_signal, stopped_by
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
@@ -44,7 +44,7 @@ def stops_end(what: str) -> Iterator[None]:
         signum = stop_signal(e)
         if signum is None:
             raise
-        print(f"\nmnist99: Stopped by {by(signum)} before {what} finished. Run the command again for it.\n", file=sys.stderr)
+        print(f"\nmnist99: {stopped_by(signum)} before {what} finished. Run the command again for it.\n", file=sys.stderr)
         sys.exit(128 + signum)
 
 

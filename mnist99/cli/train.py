@@ -22,7 +22,7 @@ from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError
-from mnist99.stopping import before_training, by, stop_signal
+from mnist99.stopping import before_training, stop_signal, stopped_by
 from mnist99.sweep import LAST_SWEEP
 
 log = logging.getLogger("mnist99")
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def stopped_before_training(multirun: bool, signum: int) -> NoReturn:
     """Ctrl-C or SIGTERM before a run's first training step (a run that began ends in `run`, with its record)."""
-    message = (f"Stopped by {by(signum)} before the job under way began training: the sweep ends here, and the jobs "
+    message = (f"{stopped_by(signum)} before the job under way began training: the sweep ends here, and the jobs "
                "that finished keep their folders." if multirun else before_training(signum))
     print(f"\nmnist99: {message}\n", file=sys.stderr)
     sys.exit(128 + signum)
