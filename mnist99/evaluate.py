@@ -18,25 +18,6 @@ from mnist99.standalone import stored_run
 from mnist99.trusted import check_targets, instantiate
 
 
-def locate(target: str) -> tuple[Path, Path]:
-    """(folder, checkpoint). A run folder means the weights its own test used (run.yaml), else its
-    checkpoints/last.ckpt. A .ckpt means its run folder where it lies in one (config.yaml two levels
-    up), else the folder it lies in: a checkpoint copied alone, whose results go beside it."""
-    path = Path(target).expanduser().resolve()
-    if path.is_file():
-        ckpt = path
-        run_dir = path.parent.parent if (path.parent.parent / "config.yaml").is_file() else path.parent
-    else:
-        run_dir = path
-        tested = (yaml.safe_load((path / "run.yaml").read_text()) or {}).get("tested_weights", "") if (path / "run.yaml").is_file() else ""
-        ckpt = Path(tested) if tested.endswith(".ckpt") else path / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        missing = ckpt if path.is_dir() else path
-        raise ConfigError(f"ckpt_path={target}: {missing} does not exist. Pass the folder of a run made by train.py "
-                          "(it holds config.yaml and checkpoints/), or a .ckpt file it wrote, from any folder.")
-    return run_dir, ckpt
-
-
 def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
     """(config, model in eval mode with the weights of `ckpt`), the config being the checkpoint's
     own (mnist99.standalone) or, for one written before checkpoints held it, run_dir's config.yaml."""

@@ -18,7 +18,8 @@ from mnist99.data.digit_image import to_mnist
 from mnist99.data.imagetree import IMAGE_SUFFIXES, to_array
 from mnist99.data.safe_image import BadImage, open_image
 from mnist99.errors import ConfigError
-from mnist99.evaluate import load, locate
+from mnist99.evaluate import load
+from mnist99.locate import input_items, locate
 
 SUFFIXES = {*IMAGE_SUFFIXES, ".gif"}  # what a run trains on, and GIFs
 
@@ -26,16 +27,12 @@ SUFFIXES = {*IMAGE_SUFFIXES, ".gif"}  # what a run trains on, and GIFs
 def image_paths(inputs: str | Sequence[str]) -> list[Path]:
     """The files named in `inputs`: a list of files or folders (folders searched recursively), or
     one string of them, comma-separated."""
-    items = inputs.split(",") if isinstance(inputs, str) else [str(i) for i in inputs]
     paths: list[Path] = []
-    for item in (s.strip() for s in items if s.strip()):
-        p = Path(item).expanduser()
+    for p in input_items(inputs):
         if p.is_dir():
             paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
-        elif p.is_file():
-            paths.append(p)
         else:
-            raise ConfigError(f"inputs: {p} does not exist. Pass image files or folders, comma-separated.")
+            paths.append(p)
     if not paths:
         raise ConfigError(f"inputs={inputs}: no images found (looked for {', '.join(sorted(SUFFIXES))}).")
     return paths

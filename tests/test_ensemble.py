@@ -14,7 +14,8 @@ from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, accuracy, check, combine
 from mnist99.ensemble import test_probs as softmax_on_test  # not test_*: pytest would collect it
 from mnist99.errors import ConfigError
-from mnist99.evaluate import load, locate
+from mnist99.evaluate import load
+from mnist99.locate import locate
 from mnist99.pipeline import train
 from mnist99.trusted import instantiate
 

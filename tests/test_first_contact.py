@@ -10,23 +10,25 @@ import pytest
 
 from conftest import ROOT, run_in_process
 
-# A new interpreter that runs train.py's main with ARGV and then says whether the training stack
-# was imported on the way: the checks must answer without it.
+# A new interpreter that runs a command's script (train.py, eval.py, predict.py) with ARGV and then
+# says whether the training stack was imported on the way: the checks must answer without it.
 PROBE = """
 import runpy, sys
-sys.argv, code = ["train.py", *sys.argv[1:]], 0
+script, code = sys.argv[1], 0
+sys.argv = [script, *sys.argv[2:]]
 try:
-    runpy.run_path("train.py", run_name="__main__")
+    runpy.run_path(script, run_name="__main__")
 except SystemExit as e:
     code = e.code
 print("EXIT", code, "torch" in sys.modules, "lightning" in sys.modules, file=sys.stderr)
 """
 
 
-def probe(*args: str, tmp_path) -> tuple[int, str, str, bool]:
-    """(exit status, stdout, stderr without the probe's line, whether torch/lightning were imported)."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args, f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+def probe(*args: str, tmp_path=None, script: str = "train.py") -> tuple[int, str, str, bool]:
+    """(exit status, stdout, stderr without the probe's line, whether torch/lightning were imported).
+    With tmp_path, a train.py run would write there."""
+    logs = [f"paths.log_dir={tmp_path}"] if tmp_path else []
+    proc = subprocess.run([sys.executable, "-c", PROBE, script, *args, *logs], cwd=ROOT, capture_output=True, text=True, timeout=120)
     *rest, last = proc.stderr.rstrip().splitlines()
     _, code, torch_loaded, lightning_loaded = last.split()
     return int(code), proc.stdout, "\n".join(rest), torch_loaded == "True" or lightning_loaded == "True"
@@ -77,6 +79,23 @@ def test_checks_answer_without_importing_torch_or_lightning(tmp_path):
         assert code == 2 and "optimizer.lr=-1 is impossible" in err and not loaded, preset
     code, out, _, loaded = probe("--cfg", "job", "model=mlp", tmp_path=tmp_path)
     assert code == 0 and "mnist99.models.nets.MLP" in out and not loaded
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("eval.py", [], "ckpt_path is missing"),
+    ("eval.py", ["ckpt_path=no/such/run"], "no/such/run does not exist"),
+    ("predict.py", [], "ckpt_path and inputs are missing"),
+    ("predict.py", ["ckpt_path=no/such/run", "inputs=digits/"], "no/such/run does not exist"),
+    ("predict.py", ["ckpt_path=no/such/run"], "inputs is missing"),
+])
+def test_eval_and_predict_answer_a_missing_or_wrong_path_without_importing_torch(script, args, expected):
+    code, _, err, loaded = probe(*args, script=script)
+    assert code == 2 and expected in err and "Traceback" not in err and not loaded
+
+
+def test_predict_names_a_missing_input_before_it_loads_the_run(trained_run):
+    code, _, err, loaded = probe(f"ckpt_path={trained_run}", "inputs=no/such/digit.png", script="predict.py")
+    assert code == 2 and "inputs: no/such/digit.png does not exist" in err and not loaded
 
 
 def test_help_shows_usage_examples_and_every_group(tmp_path):

@@ -15,18 +15,22 @@ from mnist99 import trusted
 from mnist99.cli import checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
+from mnist99.locate import locate
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
-    from mnist99.evaluate import evaluate, locate  # torch and Lightning, once the command is checked
-
     try:
-        run_dir, ckpt = locate(str(cfg.ckpt_path))
-        result = evaluate(run_dir, ckpt, top_losses=cfg.top_losses)
+        run_dir, ckpt = locate(str(cfg.ckpt_path))  # a missing or wrong path is answered before torch loads
     except MissingMandatoryValue:
         fail("ckpt_path is missing: name the run to evaluate, e.g. python eval.py ckpt_path=outputs/runs/<time>_<task> "
              "(a run folder made by train.py, or a .ckpt file it wrote, also one copied alone). python eval.py --help lists the keys.")
+    except Mnist99Error as e:
+        fail(str(e))
+    from mnist99.evaluate import evaluate  # torch and Lightning, once the command is checked
+
+    try:
+        result = evaluate(run_dir, ckpt, top_losses=cfg.top_losses)
     except Mnist99Error as e:
         fail(str(e))
     print(f"test/acc={result['test/acc']:.4f} test/loss={result['test/loss']:.4f}  ({result['checkpoint']})")

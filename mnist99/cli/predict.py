@@ -9,25 +9,27 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import trusted
 from mnist99.cli import checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
+from mnist99.locate import input_items, locate
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="predict", execution_whitelist=trusted.allowed())
 def hydra_main(cfg: DictConfig) -> None:
-    from mnist99.predict import predict, write_csv  # torch and Lightning, once the command is checked
-
+    missing = [key for key in ("ckpt_path", "inputs") if OmegaConf.is_missing(cfg, key)]
+    if missing:  # answered before torch loads, as a wrong ckpt_path is
+        fail(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: python predict.py ckpt_path=<run dir or .ckpt> "
+             "inputs=<image files or folders>. python predict.py --help lists the keys.")
     try:
+        locate(str(cfg.ckpt_path))
+        input_items(cfg.inputs)
+        from mnist99.predict import predict, write_csv  # torch and Lightning, once the command is checked
+
         rows, names, bad = predict(str(cfg.ckpt_path), cfg.inputs, cfg.batch_size)
-    except MissingMandatoryValue as e:
-        key = getattr(e, "full_key", None) or "ckpt_path and inputs"
-        fail(f"{key} is missing: python predict.py ckpt_path=<run dir or .ckpt> inputs=<image files or folders>. "
-             "python predict.py --help lists the keys.")
     except Mnist99Error as e:
         fail(str(e))
     width = max((len(str(p)) for p, *_ in rows), default=0)
