@@ -115,6 +115,22 @@ def test_data_refused_after_start_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "logs" / "runs").exists() or not any((tmp_path / "logs" / "runs").iterdir())
 
 
+@pytest.mark.parametrize("folder, data, expected", [
+    ("nowhere", "data=folder", "holds nothing (it does not exist), but no training and test split"),
+    ("notes", "data=folder", "holds notes.txt, but no training and test split"),
+    ("notes", "data=mnist", "never writes into one that holds anything else"),
+    ("no_classes", "data=folder", "train holds no class folders"),
+])
+def test_a_data_folder_the_run_cannot_use_is_refused_without_importing_torch(tmp_path, folder, data, expected):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("not images")
+    for split in ("train", "test"):
+        (tmp_path / "no_classes" / split).mkdir(parents=True)
+    code, _, err, loaded = probe(data, f"data.data_dir={tmp_path / folder}", tmp_path=tmp_path / "logs")
+    assert code == 2 and expected in err and "Traceback" not in err and not loaded
+    assert not list((tmp_path / "logs").glob("runs/*")) and sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
+
+
 def test_the_quick_help_is_hydras_own_help():
     """--help is printed without Hydra's (slow) group listing, from the same template: both agree."""
     quick = run_in_process("train", "--help")

@@ -17,11 +17,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mnist99 import ddp_sweep, run_info, trusted
 from mnist99.cli import checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
-from mnist99.errors import ConfigError
+from mnist99.data.splits import class_folders, usable_splits
+from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.stopping import before_training, stop_signal, stopped_by
 from mnist99.sweep import LAST_SWEEP
 
@@ -34,14 +36,17 @@ def run(cfg: DictConfig) -> float | None:
     `failed_value` so the sweep goes on. Returns the optimized metric for a sweeper."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    refusal = None if multirun else data_refusal(cfg)  # a sweep's job is refused in its own record
+    if refusal:
+        discard_new_folder(cfg, run_dir)
+        fail(refusal)
     try:
         from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
     except KeyboardInterrupt:  # seconds of loading on a small CPU, where a user may think better of it (or SIGTERM)
-        if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # Hydra's folder for a run that never began
+        discard_new_folder(cfg, run_dir)
         raise  # main() says so
     overrides = list(hc.overrides.task)
-    multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         ddp_sweep.announce_job(run_dir, overrides)
     saved_env = ddp_sweep.saved_env()
@@ -72,6 +77,30 @@ def run(cfg: DictConfig) -> float | None:
         fail(outcome.message)
     summary(cfg, outcome.metrics, run_dir)
     return optimized_value(cfg, outcome.metrics)
+
+
+def data_refusal(cfg: DictConfig) -> str | None:
+    """Why mnist99's datamodule cannot use the run's data folder (no splits, no class folders, a
+    folder that holds something else), found before the training stack loads: seconds sooner than
+    the datamodule, which refuses it in the same words (mnist99.data.splits)."""
+    data = cfg.get("data")
+    if not data or data.get("_target_") != "mnist99.data.datamodule.MNISTDataModule":
+        return None
+    try:
+        splits = usable_splits(data.data_dir, data.get("train_dir"), data.get("test_dir"), bool(data.get("build_mnist", True)))
+        if splits is not None:
+            class_folders(splits[0])
+    except Mnist99Error as e:
+        return str(e)
+    except (OmegaConfBaseException, TypeError):  # a value the datamodule itself will refuse, in its words
+        return None
+    return None
+
+
+def discard_new_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """Remove the folder Hydra made for a run that never began (never a resumed run's own)."""
+    if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def stopped_before_training(multirun: bool, signum: int) -> NoReturn:

@@ -16,7 +16,7 @@ from mnist99.data.batches import TensorBatchDataset, batch_as_is
 from mnist99.data.cache import load_split
 from mnist99.data.model_input import channel_stats, to_model_input
 from mnist99.data.sampler import EpochShuffle
-from mnist99.data.splits import LAYOUTS, class_folders, describe, find_splits, is_empty
+from mnist99.data.splits import class_folders, find_splits, usable_splits
 from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -98,42 +98,23 @@ class MNISTDataModule(L.LightningDataModule):
         process per node) and sets it up (setup, on every process): the class folders of the
         training split, or MNIST's ten where prepare_data is to build MNIST. A folder it cannot
         use is refused here, on every process alike, in the words prepare_data would use."""
-        splits = find_splits(self.data_dir, self.train_dir, self.test_dir)
+        splits = usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist)
         if splits is not None:
             return class_folders(splits[0])
-        if self.build_mnist and is_empty(self.data_dir):
-            from mnist99.data.prepare import MNIST_CLASSES
+        from mnist99.data.prepare import MNIST_CLASSES
 
-            return MNIST_CLASSES
-        raise self.no_splits()
+        return MNIST_CLASSES
 
     def prepare_data(self) -> None:
         """Build MNIST's PNG tree where that is meant (`build_mnist` set and the folder missing or
         empty); refuse, listing what is there, any other folder without splits. Sets no state:
         Lightning runs it on one process per node, and `setup` finds the splits on every process.
         (A file lock in prepare_mnist_png still makes separate commands sharing a folder build it once.)"""
-        if find_splits(self.data_dir, self.train_dir, self.test_dir) is not None:
+        if usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist) is not None:
             return
-        if not (self.build_mnist and is_empty(self.data_dir)):
-            raise self.no_splits()
         from mnist99.data.prepare import prepare_mnist_png
 
         prepare_mnist_png(self.data_dir, source=self.source, mirrors=self.mirrors, pypi=self.pypi, cache_dir=self.cache_dir)
-
-    def no_splits(self) -> DataError:
-        """The refusal of a data folder without a training and a test split, saying what it holds."""
-        if self.build_mnist:
-            why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that "
-                   "holds anything else. To train on this folder, arrange it so; to train on MNIST, point "
-                   "data.data_dir at a new or empty folder")
-        elif not self.data_dir.is_dir():
-            why = "Point data.data_dir at your image folder"
-        else:
-            why = "Arrange it so, or name its splits with data.train_dir=... data.test_dir=..."
-        return DataError(
-            f"{self.data_dir} holds {describe(self.data_dir)}, but no training and test split: expected {LAYOUTS}, "
-            f"each with one sub-folder of images per class (data.train_dir / data.test_dir name other splits). {why}."
-        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:

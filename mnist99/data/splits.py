@@ -64,3 +64,24 @@ def describe(folder: Path, limit: int = 8) -> str:
     shown = [f"{e.name}/ ({_count(e.path)})" if e.is_dir() else e.name for e in entries[:limit]]
     more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
     return (", ".join(shown) + more) if shown else "nothing but hidden files"
+
+
+def usable_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | None = None,
+                  build_mnist: bool = False) -> tuple[Path, Path] | None:
+    """(training split, test split) of `data_dir`; None where MNIST is to be built there (`build_mnist`
+    and the folder missing or empty). Any other folder is refused, saying what it holds. Reads no
+    image and imports nothing heavy: the command line asks it before the training stack loads."""
+    data_dir = Path(data_dir).expanduser()
+    splits = find_splits(data_dir, train_dir, test_dir)
+    if splits is not None or (build_mnist and is_empty(data_dir)):
+        return splits
+    if build_mnist:
+        why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that "
+               "holds anything else. To train on this folder, arrange it so; to train on MNIST, point "
+               "data.data_dir at a new or empty folder")
+    elif not data_dir.is_dir():
+        why = "Point data.data_dir at your image folder"
+    else:
+        why = "Arrange it so, or name its splits with data.train_dir=... data.test_dir=..."
+    raise DataError(f"{data_dir} holds {describe(data_dir)}, but no training and test split: expected {LAYOUTS}, "
+                    f"each with one sub-folder of images per class (data.train_dir / data.test_dir name other splits). {why}.")
