@@ -131,6 +131,14 @@ def test_a_data_folder_the_run_cannot_use_is_refused_without_importing_torch(tmp
     assert not list((tmp_path / "logs").glob("runs/*")) and sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py"])
+def test_version_names_mnist99_and_its_stack_and_shell_completion_says_what_it_needs(script):
+    code, out, err, loaded = probe("--version", script=script)
+    assert code == 0 and out.startswith("mnist99 0.") and "lightning 2." in out and "hydra-core 1.4" in out and not loaded
+    code, _, err, loaded = probe("--shell-completion", script=script)
+    assert code == 2 and f'eval "$(python {script} -sc install=bash)"' in err and "Traceback" not in err and not loaded
+
+
 def test_the_quick_help_is_hydras_own_help():
     """--help is printed without Hydra's (slow) group listing, from the same template: both agree."""
     quick = run_in_process("train", "--help")

@@ -4,6 +4,7 @@ What they run is the library (mnist99.pipeline, mnist99.evaluate, mnist99.predic
 
 from __future__ import annotations
 
+import string
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,24 @@ def stops_end(what: str) -> Iterator[None]:
 # Hydra's flags that take a value (`--cfg job`), and those after which no run starts.
 VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p",
                "--experimental-rerun")
+COMPLETION = ("install", "uninstall", "query")  # --shell-completion's subcommands
 NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
+
+
+def versions_line() -> str:
+    """`--version`: mnist99's, and the versions of what it runs on, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mnist99 import __version__
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{name} {of(name)}" for name in ("lightning", "torch", "torchvision", "torchmetrics", "hydra-core", "omegaconf"))
+    return f"mnist99 {__version__} ({stack}; Python {sys.version.split()[0]})"
 
 
 def print_help(config_dir: str = CONFIG_DIR) -> None:
@@ -62,7 +80,7 @@ def print_help(config_dir: str = CONFIG_DIR) -> None:
 
     template = OmegaConf.load(Path(config_dir) / "hydra" / "default.yaml").help.template
     groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in group_options(config_dir).items())
-    print(template.replace("$APP_CONFIG_GROUPS", groups))
+    print(string.Template(template).safe_substitute(APP_CONFIG_GROUPS=groups))  # as Hydra fills it ($$ is $)
 
 
 def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -89,6 +107,13 @@ def checked_argv(argv: list[str], config_name: str, check_values: bool = False) 
     makes a run folder, and without the training stack."""
     argv = [argv[0], *expand_shorthands(argv[1:])]
     flags, overrides = split_argv(argv[1:])
+    if "--version" in flags:
+        print(versions_line())
+        sys.exit(0)
+    if ("--shell-completion" in flags or "-sc" in flags) and not any(o.split("=", 1)[0] in COMPLETION for o in overrides):
+        fail(f"--shell-completion needs one of {', '.join(c + '=' for c in COMPLETION)}, e.g. "
+             f"eval \"$(python {Path(argv[0]).name} -sc install=bash)\" to complete {Path(argv[0]).name}'s options and keys "
+             "in bash (zsh and fish too: install=zsh, install=fish).")
     if any(f in flags for f in NO_RUN_FLAGS):
         return argv
     config_dir = flags.get("--config-path") or flags.get("-cp") or CONFIG_DIR
