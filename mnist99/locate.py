@@ -36,6 +36,7 @@ def input_items(inputs: str | Sequence[str]) -> list[Path]:
     items = inputs.split(",") if isinstance(inputs, str) else [str(i) for i in inputs]
     paths = [Path(item).expanduser() for item in (s.strip() for s in items) if item]
     for p in paths:
-        if not p.exists():
-            raise ConfigError(f"inputs: {p} does not exist. Pass image files or folders, comma-separated.")
+        if not (p.is_file() or p.is_dir()):  # a device or a pipe would be read forever
+            what = "is not a file or a folder" if p.exists() else "does not exist"
+            raise ConfigError(f"inputs: {p} {what}. Pass image files or folders, comma-separated.")
     return paths

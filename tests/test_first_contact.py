@@ -93,9 +93,11 @@ def test_eval_and_predict_answer_a_missing_or_wrong_path_without_importing_torch
     assert code == 2 and expected in err and "Traceback" not in err and not loaded
 
 
-def test_predict_names_a_missing_input_before_it_loads_the_run(trained_run):
-    code, _, err, loaded = probe(f"ckpt_path={trained_run}", "inputs=no/such/digit.png", script="predict.py")
-    assert code == 2 and "inputs: no/such/digit.png does not exist" in err and not loaded
+@pytest.mark.parametrize("given, expected", [("no/such/digit.png", "no/such/digit.png does not exist"),
+                                             ("/dev/null", "/dev/null is not a file or a folder")])  # read forever, were it a pipe
+def test_predict_names_an_input_it_cannot_read_before_it_loads_the_run(trained_run, given, expected):
+    code, _, err, loaded = probe(f"ckpt_path={trained_run}", f"inputs={given}", script="predict.py")
+    assert code == 2 and f"inputs: {expected}" in err and not loaded
 
 
 def test_help_shows_usage_examples_and_every_group(tmp_path):

@@ -98,7 +98,10 @@ def data_refusal(cfg: DictConfig) -> str | None:
 
 
 def discard_new_folder(cfg: DictConfig, run_dir: Path) -> None:
-    """Remove the folder Hydra made for a run that never began (never a resumed run's own)."""
+    """Remove the folder Hydra made for a run that never began (never a resumed run's own, nor the
+    folder a DDP process other than the first one shares with it)."""
+    if any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK")):
+        return
     if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
