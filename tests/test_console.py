@@ -11,7 +11,8 @@ import pytest
 
 from conftest import run_cli
 from mnist99.build import build_callbacks, build_trainer
-from mnist99.callbacks import NetSummary, human, summary_lines
+from mnist99.callbacks import NetSummary
+from mnist99.callbacks.net_summary import human, summary_lines
 from mnist99.callbacks import UnevenTestSplit
 from mnist99.models import nets
 from mnist99.models.classifier import Classifier, ScratchLinear

@@ -82,7 +82,7 @@ def test_time_to_accuracy_records_the_first_crossing(monkeypatch):
     from mnist99.callbacks import TimeToAccuracy
 
     now = [100.0]  # a fake clock: fit starts at 100, then one validation a second
-    monkeypatch.setattr(mnist99.callbacks.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(mnist99.callbacks.timing.time, "perf_counter", lambda: now[0])
     clock = TimeToAccuracy((0.9, 0.99))
     trainer = SimpleNamespace(sanity_checking=False, callback_metrics={})
     clock.on_train_start(trainer, None)
