@@ -77,14 +77,13 @@ class ErrorAnalysis(L.Callback):
         out = Path(self.output_dir) if self.output_dir else None
         for name, fig in (("confusion_matrix", figures.confusion_figure(confusion, classes)),
                           ("top_losses", figures.top_losses_figure(images, rows))):
+            rgb = figures.pixels(fig)
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(f"test/{name}", fig, global_step=trainer.global_step, close=False)
+                    logger.experiment.add_image(f"test/{name}", rgb, global_step=trainer.global_step, dataformats="HWC")
             if out:
                 out.mkdir(parents=True, exist_ok=True)
-                figures.save(fig, out / f"{name}.png")
-            else:
-                figures.pyplot().close(fig)
+                figures.save_pixels(rgb, out / f"{name}.png")
 
 
 class UnevenTestSplit(L.Callback):
