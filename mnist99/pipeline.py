@@ -26,7 +26,7 @@ from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
 from mnist99.run_info import RunRecord, keep_earlier_metrics, save_config
 from mnist99.standalone import StandaloneCheckpoint
-from mnist99.stopping import stop_signal, stopped_at_once, stops_become_interrupted
+from mnist99.stopping import stops_become_interrupted
 from mnist99.tensorboard import log_hparams
 
 log = logging.getLogger("mnist99")
@@ -166,13 +166,8 @@ def run_recorded(cfg: DictConfig, run_dir: Path, overrides: list[str], discard_r
     leaves no run folder behind (RunRecord.discard); a sweep keeps its failed jobs' records."""
     record = RunRecord(run_dir, cfg, overrides, choices(cfg)) if rank_zero_only.rank == 0 else None
     try:
-        try:
+        with stops_become_interrupted(run_dir, trained=lambda: False):  # a stop before the Trainer ran (inside it: fit_and_test)
             metrics = train(cfg)
-        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C or SIGTERM before the Trainer ran (mnist99.stopping)
-            signum = stop_signal(e)
-            if signum is None:
-                raise
-            raise stopped_at_once(run_dir, trained=False, signum=signum) from None
     except Exception as e:  # noqa: BLE001 - user errors become one paragraph, bugs keep their traceback
         message = friendly(e)
         if message is None:

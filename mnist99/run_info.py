@@ -35,13 +35,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()}){gpu}"
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform(), "machine": machine()}
+def package_versions() -> dict[str, str]:
+    """The installed version of each of PACKAGES, read without importing them (`--version` uses it)."""
+    out = {}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform(), "machine": machine(), **package_versions()}
     try:
         root = Path(__file__).resolve().parents[1]
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)

@@ -81,8 +81,11 @@ def steps(lines: list[tuple[float, str]], whole: float) -> tuple[list[tuple[str,
 def cpu() -> str:
     from mnist99.run_info import machine  # torch, only now: the timed commands start from a cold import
 
-    fields = dict(line.split(":", 1) for line in open("/proc/cpuinfo") if ":" in line)
-    family = fields.get("cpu family\t", "").strip()
+    try:  # the family tells AMD's generations apart, all named "AMD EPYC"
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    family = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("cpu family")), "")
     return machine() + (f", family {family}" if family else "")
 
 

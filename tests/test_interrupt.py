@@ -256,11 +256,8 @@ def test_a_stop_while_a_command_loads_ends_in_one_line(monkeypatch, capsys, sigt
 
     loading = commands.importlib.import_module
     monkeypatch.setattr(commands.importlib, "import_module", lambda name: stop(signum) if name.startswith("mnist99.cli") else loading(name))
-    try:
-        with pytest.raises(SystemExit) as ended:
-            commands.train()
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # start() put in mnist99's handler; the fixture restores pytest's
+    with pytest.raises(SystemExit) as ended:
+        commands.train()  # puts in mnist99's SIGTERM handler, which the fixture replaces with pytest's again
     assert ended.value.code == 128 + signum
     assert f"{stopped_by(signum)} before the command began: nothing was written." in capsys.readouterr().err
 

@@ -58,17 +58,10 @@ NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-complet
 
 def versions_line() -> str:
     """`--version`: mnist99's, and the versions of what it runs on, read without importing them."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from mnist99 import __version__
+    from mnist99.run_info import package_versions
 
-    def of(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    stack = ", ".join(f"{name} {of(name)}" for name in ("lightning", "torch", "torchvision", "torchmetrics", "hydra-core", "omegaconf"))
+    stack = ", ".join(f"{name} {v}" for name, v in package_versions().items() if name != "mnist99")
     return f"mnist99 {__version__} ({stack}; Python {sys.version.split()[0]})"
 
 
