@@ -722,7 +722,7 @@ def test_first_run_caches_the_arrays_it_wrote_instead_of_decoding_them(synthetic
 
 
 def test_png_writers_leave_when_their_command_is_killed(tmp_path):
-    """SIGKILL (or SIGTERM before Lightning's handler) stops a first run while it writes PNGs: its
+    """SIGKILL, which nothing can catch, stops a first run while it writes PNGs: its
     writer processes must not wait for work forever."""
     started = tmp_path / "started"
     started.mkdir()

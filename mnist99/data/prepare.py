@@ -267,8 +267,9 @@ def _write_chunk(images: np.ndarray, paths: list[str]) -> int:
 
 def _exit_with(parent: int) -> None:
     """A writer's initializer: leave when the command that started it is gone. A command killed
-    while it builds MNIST (SIGTERM before Lightning's handler, SIGKILL) cannot stop its pool, and
-    the writers would wait for work forever: they hold the work queue's other end themselves."""
+    while it builds MNIST (SIGKILL; Ctrl-C and SIGTERM stop the pool themselves, mnist99.stopping)
+    cannot stop its pool, and the writers would wait for work forever: they hold the work queue's
+    other end themselves."""
 
     def watch() -> None:
         while os.getppid() == parent:
