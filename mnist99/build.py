@@ -1,12 +1,19 @@
-"""From a composed config to the objects of a run: data, model, loggers, callbacks, trainer."""
+"""From a checked config to the parts of one model's run, each built once and handed back together."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import ddp_sweep, machine
@@ -14,26 +21,48 @@ from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
 from mnist99.console import quiet_lightning
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
+from mnist99.checkpoints import StandaloneCheckpoint
 from mnist99.trusted import instantiate
 
+log = logging.getLogger("mnist99")
 
-def choices(cfg: DictConfig | None = None) -> dict[str, str]:
-    """The config-group options the run was composed from (model=cnn, optimizer=adamw, ...): Hydra's
-    for a new run; for a resumed one, composed from its config.yaml without groups, those that
-    config.yaml recorded (run_info.save_config)."""
-    if cfg is not None and isinstance(cfg.get("choices"), DictConfig):
-        return {str(k): str(v) for k, v in cfg.choices.items()}
-    if not HydraConfig.initialized():
-        return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
+
+@dataclass
+class Parts:
+    """One model's run. `cfg` is the config of what runs: the composed one (left as it is) with what
+    the run found out merged in, the data's class count and a learning rate tune.lr_find chose."""
+
+    cfg: DictConfig
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    trainer: L.Trainer
+    suggested_lr: float | None = None
+
+
+def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> Parts:
+    """The datamodule (and the class count its folders give, found without reading them), the
+    model, the learning rate tune.lr_find suggests, then the loggers, the callbacks (`callbacks`
+    first) and the trainer. The Trainer prepares and sets up the data when it runs."""
+    datamodule, num_classes = build_datamodule(cfg)
+    cfg = with_found(cfg, num_classes)
+    model, suggested = build_model(cfg), None
+    if OmegaConf.select(cfg, "tune.lr_find"):
+        # a trainer of its own, without logs or checkpoints: the search is not part of the run's curves
+        suggested = find_lr(cfg, build_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False), model, datamodule)
+        if suggested and cfg.tune.use_suggested_lr:
+            cfg = with_found(cfg, lr=suggested)
+            model = build_model(cfg)  # its optimizer and schedule hold the rate
+    loggers = build_loggers(cfg)
+    # every checkpoint carries the run's config and data settings: eval.py and predict.py take it alone
+    callbacks = build_callbacks(cfg, [*callbacks, StandaloneCheckpoint(cfg)], with_logger=bool(loggers))
+    return Parts(cfg, datamodule, model, build_trainer(cfg, logger=loggers or False, callbacks=callbacks), suggested)
 
 
 def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None = None) -> DictConfig:
-    """The config of what runs: a copy of cfg with what the run found out merged in (cfg itself is
-    left as composed): the data's class count for model.num_classes=null ("one per class folder"),
-    a learning rate tune.lr_find chose. The merge keeps interpolations (model.net.num_classes)."""
+    """A copy of cfg with the data's class count for a model.num_classes of null ("one per class
+    folder") and a learning rate tune.lr_find chose merged in (interpolations kept)."""
     fills: dict[str, Any] = {}
-    if num_classes is not None and cfg.model.get("num_classes") is None:
+    if num_classes is not None and "num_classes" in cfg.model and cfg.model.num_classes is None:
         fills["model"] = {"num_classes": num_classes}
     if lr is not None:
         fills["optimizer"] = {"lr": lr}
@@ -41,43 +70,60 @@ def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule of cfg. A model.num_classes still null (a config built from outside a
-    run) is found as a run finds it (build_datamodule)."""
-    if cfg.model.get("num_classes") is None:
+    """The LightningModule of cfg.model, given what its class takes of the run's optimizer and
+    schedule (a model of the user's own may take none). A model.num_classes still null (a config
+    built outside a run) is counted as a run counts it."""
+    if cfg.model.get("num_classes", 0) is None:
         cfg = with_found(cfg, build_datamodule(cfg)[1])
-    optimizer, decay_norm_and_bias = optimizer_from_config(cfg.optimizer)
-    extra = {"scheduler": instantiate(cfg.scheduler)} if cfg.get("scheduler") else {}
-    return instantiate(cfg.model, optimizer=optimizer, decay_norm_and_bias=decay_norm_and_bias, **extra)
+    offered: dict[str, Any] = {"scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
+    if cfg.get("optimizer"):
+        offered["optimizer"], offered["decay_norm_and_bias"] = optimizer_from_config(cfg.optimizer)
+    model = instantiate(cfg.model, _partial_=True)
+    takes = inspect.signature(model.func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+        offered = {k: v for k, v in offered.items() if k in takes}
+    return model(**offered)
 
 
-def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int]:
-    """(the datamodule, the number of classes its data has), found before the model is built
-    without reading or writing any data (MNISTDataModule.find_classes): the Trainer prepares the
-    data (one process per node) and sets it up (every process) when it runs. A model.num_classes
-    that is set must match it."""
+def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int | None]:
+    """(the datamodule, the number of classes its data has, where it says: `find_classes()`). A
+    model.num_classes that is set must match it."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    classes = datamodule.find_classes()
-    if cfg.model.get("num_classes") not in (None, len(classes)):
+    wanted = cfg.model.get("num_classes")
+    find = getattr(datamodule, "find_classes", None)
+    if find is None:
+        if "num_classes" in cfg.model and wanted is None:
+            raise ConfigError(f"model.num_classes=null counts the data's classes, and {cfg.data.get('_target_')} does not say them "
+                              "(it has no find_classes()): set model.num_classes=<the number of classes>.")
+        return datamodule, None
+    classes = find()
+    if wanted not in (None, len(classes)):
         raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} but {cfg.data.data_dir} holds "
-            f"{len(classes)} classes {list(classes)}; set model.num_classes={len(classes)}, or null to count them."
+            f"model.num_classes={wanted} but {cfg.data.get('data_dir', cfg.data.get('_target_'))} holds {len(classes)} classes "
+            f"{list(classes)}; set model.num_classes={len(classes)}, or null to count them."
         )
     return datamodule, len(classes)
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers if rank_zero_only.rank == 0 else ():
+        # Lightning's CSVLogger deletes a metrics.csv it finds: a resumed run's earlier attempts
+        # are kept as metrics-1.csv, metrics-2.csv, ..., and this attempt writes metrics.csv
+        earlier = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if earlier is not None and earlier.is_file():
+            n = 1
+            while (kept := earlier.with_name(f"metrics-{n}.csv")).exists():
+                n += 1
+            earlier.rename(kept)
+    return loggers
 
 
 def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logger: bool = True) -> list[L.Callback]:
-    """`extra`, then the callbacks of the `callbacks` group (one set to null,
-    `callbacks.model_checkpoint=null`, is switched off). `extra` comes first so that what it does
-    at a hook (a signal sent, weights changed) is seen by the group's callbacks at that same hook.
-    Left out: the progress bar when trainer.enable_progress_bar=false and the learning-rate
-    monitor without a logger (Lightning would refuse them), the model summary when
-    trainer.enable_model_summary=false, and the learning-rate monitor without a schedule
-    (scheduler=none): the module logs a constant rate as train/lr once an epoch, where the monitor
-    would add the same number as lr-<Optimizer> every logged step."""
+    """`extra`, then the callbacks group's (one set to null is off). `extra` comes first so that
+    what it does at a hook (a signal sent, weights changed) is seen by the group's at that hook.
+    Left out: the progress bar and model summary where the trainer switches them off, and the
+    learning-rate monitor without a logger or a schedule (the module logs a constant rate itself)."""
     callbacks = list(extra) + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -89,12 +135,9 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """The Trainer of cfg.trainer (kwargs, then this job's share of the machine, override its
-    keys: machine.trainer_settings), quiet: Lightning's notices and its
-    pointless warnings off (console.quiet_lightning), log_every_n_steps at most an epoch
-    (callbacks.LogIntervalWithinEpoch), an uneven DDP test split said in mnist99's words
-    (callbacks.UnevenTestSplit), and no model summary of Lightning's: the summary is the callbacks
-    group's (NetSummary), which build_callbacks leaves out when trainer.enable_model_summary=false."""
+    """The Trainer of cfg.trainer, kwargs and this job's share of the machine over its keys, with
+    Lightning's notices off, a logging interval that fits a short epoch and an uneven DDP test split
+    said in mnist99's words. The model summary is the callbacks group's (NetSummary)."""
     quiet_lightning()
     kwargs = {**machine.trainer_settings(cfg), **kwargs}
     callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -102,3 +145,25 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, LogIntervalWithinEpoch(), UnevenTestSplit()], **kwargs)
     ddp_sweep.track(trainer)
     return trainer
+
+
+def find_lr(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> float | None:
+    """Sweep the learning rate from tune.min_lr to tune.max_lr over tune.num_training steps, save
+    lr_find.png and lr_find.yaml in the run folder, and return Lightning's suggestion."""
+    t = cfg.tune
+    if not 0 < t.min_lr < t.max_lr:
+        raise ConfigError(f"tune.min_lr={t.min_lr} and tune.max_lr={t.max_lr}: need 0 < min_lr < max_lr, e.g. 1e-6 and 1.")
+    result = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=t.min_lr, max_lr=t.max_lr,
+                                    num_training=t.num_training, update_attr=False)
+    suggestion = result.suggestion() if result is not None else None
+    if trainer.is_global_zero and result is not None:
+        out = Path(cfg.paths.output_dir)
+        fig = result.plot(suggest=suggestion is not None)
+        fig.savefig(out / "lr_find.png", dpi=100)
+        (out / "lr_find.yaml").write_text(yaml.safe_dump({
+            "suggested_lr": None if suggestion is None else float(suggestion),
+            "min_lr": float(t.min_lr), "max_lr": float(t.max_lr), "num_training": int(t.num_training),
+            "lr": [float(v) for v in result.results["lr"]], "loss": [float(v) for v in result.results["loss"]],
+        }, sort_keys=False))
+    log.info("lr_find suggests optimizer.lr=%s (plot: %s)", suggestion, Path(cfg.paths.output_dir) / "lr_find.png")
+    return None if suggestion is None else float(suggestion)

@@ -88,19 +88,35 @@ def register_resolvers() -> None:
             OmegaConf.register_resolver(name, resolver)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Refuse what cannot work before any work starts: a required key that is missing, a value a
-    key cannot take (the table in mnist99.schema), a target outside the allowlist (mnist99.trusted)."""
+def validate(cfg: DictConfig, data: bool = True) -> None:
+    """Refuse what cannot work, once per run, before any work starts: a key a chosen part needs that
+    is missing, a value it cannot take (mnist99.schema), a target outside the rule (mnist99.trusted),
+    a DDP job inside a sweep on an untested Lightning, and (`data`) a data folder mnist99's
+    datamodule cannot use."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mnist99 import ddp_sweep
+    from mnist99.data.splits import class_folders, usable_splits
+
     try:
         schema.check(cfg)
         trusted.check_targets(cfg)
+        folder = cfg.data
+        if data and folder.get("_target_") == schema.DATAMODULE:  # the datamodule refuses it in the same words, later
+            named = [None if v is None else str(v) for v in (folder.data_dir, folder.get("train_dir"), folder.get("test_dir"))]
+            splits = usable_splits(*named, bool(folder.get("build_mnist", True)))
+            if splits is not None:
+                class_folders(splits[0])
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            ddp_sweep.check_supported(cfg)
     except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist
         raise ConfigError(f"The composed config cannot be read: {str(e).splitlines()[0]}. Check the overrides "
                           "(python train.py --cfg job <overrides> prints the composed config).") from None
 
 
 def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str = "train",
-                    check_values: bool = True) -> DictConfig:
+                    check_values: bool = True, check_data: bool = True) -> DictConfig:
     """The start-up checks of `python train.py <overrides>`, in-process and without torch or
     Lightning: shorthands, unknown group options, misspelt keys, Hydra's composition (syntax),
     impossible values. Every refusal is a ConfigError; what passes is the composed config."""
@@ -125,7 +141,7 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
     finally:
         GlobalHydra.instance().clear()
     if check_values:
-        validate(cfg)
+        validate(cfg, data=check_data)
     return cfg
 
 
@@ -173,6 +189,7 @@ def unknown_group_options(args: list[str], config_dir: str = CONFIG_DIR) -> str 
             asked = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.value()]
         except Exception:  # noqa: BLE001 - glob(...) and other sweeps that need Hydra's loader
             continue
+        asked = [v for a in asked for v in (a if isinstance(a, list) else [a])]  # callbacks=[default,mine]: each option
         for option in asked:
             if option is None or option in groups[group]:
                 continue

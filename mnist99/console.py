@@ -1,6 +1,6 @@
-"""What the console shows: mnist99's log lines without Hydra's prefix, Lightning's notices off,
-and no warning that says nothing to a user. Light (no torch, no Lightning): the commands use it
-before a run starts, build_trainer for every trainer it builds."""
+"""What the console shows: mnist99's log lines without Hydra's prefix, Lightning's notices off, and no warning that
+says nothing to a user. Light (no torch, no Lightning): the commands use it before a run starts, build_trainer for
+every trainer it builds."""
 
 from __future__ import annotations
 
@@ -12,26 +12,18 @@ LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
 # Library warnings that say nothing to a user of mnist99 (the rest are kept):
 QUIET_WARNINGS = (
-    # batches come from in-memory tensors: worker processes would only add start-up time
-    ".*does not have many workers.*",
+    ".*does not have many workers.*",  # in-memory tensors: worker processes would only add start-up time
     ".*`configure_optimizers` returned `None`.*",
     ".*treespec.*LeafSpec.*",  # lightning 2.6 on torch >= 2.10
     ".*is not supported by the model summary.*",  # its size estimate; the counts are right
-    # the datamodule resumes mid-epoch itself (same order, the trained batches skipped): see EpochShuffle
-    ".*resuming from a checkpoint that ended before the epoch ended.*",
-    # a resumed run writes into its own checkpoints/ folder, which is not empty by design
-    r"Checkpoint directory .* exists and is not empty",
-    # the CSV logger writes into the run folder, which holds config.yaml already; an earlier
-    # attempt's metrics.csv, which it would delete, is kept first (run_info.keep_earlier_metrics)
+    ".*resuming from a checkpoint that ended before the epoch ended.*",  # the datamodule resumes mid-epoch: EpochShuffle
+    r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own checkpoints/ folder
+    # the CSV logger writes beside config.yaml (an earlier metrics.csv, which it would delete, is kept first: run_info)
     r"Experiment logs directory .* exists and is not empty",
-    # debug=overfit trains on the same first batches every epoch, which is what it asks for
-    r"You requested to overfit but enabled train dataloader shuffling",
-    # DDP: the logged accuracies and losses are torchmetrics' values, already reduced across the ranks
-    r"It is recommended to use `self.log\(.*sync_dist=True\)`",
-    # DDP: said in mnist99's words, and only when it happens (callbacks.UnevenTestSplit)
-    r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",
-    # DDP: inside Lightning's all_gather (ErrorAnalysis's top losses)
-    r"torch.distributed.nn.functional.all_gather is deprecated",
+    r"You requested to overfit but enabled train dataloader shuffling",  # debug=overfit: the same first batches, as asked
+    r"It is recommended to use `self.log\(.*sync_dist=True\)`",  # DDP: torchmetrics' values, reduced across ranks already
+    r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # DDP: said by callbacks.UnevenTestSplit
+    r"torch.distributed.nn.functional.all_gather is deprecated",  # DDP: in Lightning's all_gather (ErrorAnalysis)
 )
 
 
@@ -41,23 +33,17 @@ def quiet_warnings() -> None:
 
 
 def quiet_lightning() -> None:
-    """Lightning's notices off, its warnings kept: "GPU available: False, used: False", "TPU
-    available", its tips and adverts (litlogger), "Loading `train_dataloader` to estimate number of
-    stepping batches", "Restoring states from the checkpoint path at <absolute path>", "Loaded model
-    weights from the checkpoint at ...", "`Trainer.fit` stopped: `max_epochs=1` reached". mnist99
-    says what a user needs in its own words (the data, the model summary, a resumed schedule).
-    QUIET_WARNINGS go too.
-
-    Called when each trainer is built, not once per process: importing lightning.pytorch sets its
-    logger back to INFO, and a command may import it after its start-up."""
+    """Lightning's notices off ("GPU available: False, used: False", tips and adverts, "Restoring states from the
+    checkpoint path at ...", "`Trainer.fit` stopped: ..."), its warnings kept but QUIET_WARNINGS; mnist99 says what a
+    user needs in its own words. Called for each trainer built: importing lightning.pytorch sets its logger back to INFO."""
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     quiet_warnings()
 
 
 class ConsoleFormatter(logging.Formatter):
-    """The console's log lines (conf/hydra/default.yaml, job_logging): the message alone, and
-    "warning:" before a warning or an error; train.log in the run folder keeps time and module."""
+    """The console's log lines (conf/hydra/default.yaml, job_logging): the message alone, and "warning:" before a
+    warning or an error; train.log in the run folder keeps time and module."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()

@@ -1,11 +1,9 @@
 """DDP jobs inside a Hydra sweep (`python train.py -m trainer=ddp ...`).
 
-Lightning has no public API for running several DDP jobs one after another in one process, which
-is what a Hydra multirun does. What it takes lives here, and only here: the extra processes'
-command line, the exit codes of a finished job's processes, Lightning's child-process observer
-and the DDP environment variables Lightning leaves set. It reads Lightning internals, so it runs
-only on the Lightning versions it was tested with (TESTED_LIGHTNING) and refuses others clearly.
-"""
+Lightning has no public API for running several DDP jobs one after another in one process, as a Hydra multirun does.
+What it takes lives here, and only here: the extra processes' command line, the exit codes of a finished job's
+processes, Lightning's child-process observer and the DDP environment variables Lightning leaves set. It reads
+Lightning internals, so it runs only on the Lightning versions it was tested with (TESTED_LIGHTNING), refusing others."""
 
 from __future__ import annotations
 
@@ -31,8 +29,8 @@ log = logging.getLogger("mnist99")
 # Minor versions of `lightning` this module was tested with (its tests: tests/test_launchers.py).
 TESTED_LIGHTNING = ("2.6",)
 
-# Set by Lightning in the process that starts DDP's other processes, and never unset: the next
-# job of a sweep would take LOCAL_RANK as a sign that someone else starts them, and wait forever.
+# Set by Lightning in the process that starts DDP's other processes, and never unset: the next job of a sweep
+# would take LOCAL_RANK as a sign that someone else starts them, and wait forever.
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 # The launchers of this job's trainers: the ones that start DDP's extra processes hold them.
@@ -47,12 +45,11 @@ def check_supported(cfg: DictConfig) -> None:
     """Refuse a DDP job inside a sweep on a Lightning version this module was not tested with."""
     version = metadata.version("lightning")
     if uses_ddp(cfg) and not version.startswith(tuple(f"{v}." for v in TESTED_LIGHTNING)):
-        raise ConfigError(
-            f"A DDP job inside a sweep (-m with trainer.strategy={cfg.trainer.strategy}) needs parts of Lightning "
-            f"that have no public API, and mnist99 was tested with lightning {', '.join(v + '.x' for v in TESTED_LIGHTNING)}; "
-            f"this environment has lightning {version}. Run the DDP jobs one at a time (without -m), or install a "
-            f"tested version: pip install 'lightning=={TESTED_LIGHTNING[-1]}.*'."
-        )
+        raise ConfigError(f"A DDP job inside a sweep (-m with trainer.strategy={cfg.trainer.strategy}) needs parts of Lightning "
+                          f"that have no public API, and mnist99 was tested with lightning "
+                          f"{', '.join(v + '.x' for v in TESTED_LIGHTNING)}; this environment has lightning {version}. Run the "
+                          f"DDP jobs one at a time (without -m), or install a tested version: "
+                          f"pip install 'lightning=={TESTED_LIGHTNING[-1]}.*'.")
 
 
 def track(trainer: L.Trainer) -> None:
@@ -71,12 +68,11 @@ def announce_job(run_dir: Path, overrides: list[str]) -> None:
 
 
 def child_argv(argv: list[str]) -> list[str]:
-    """Lightning starts each extra DDP process with the parent's own command line. Inside a
-    multirun that is the whole sweep (`-m model=a,b ...`), which would run every job again into a
-    new sweep folder; the child gets this job's overrides and this job's folder instead."""
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 or "MNIST99_JOB_OVERRIDES" not in os.environ:
-        return argv
-    if not any(a in ("-m", "--multirun") for a in argv):
+    """Lightning starts each extra DDP process with the parent's own command line. Inside a multirun that is the whole
+    sweep (`-m model=a,b ...`), which would run every job again into a new sweep folder; the child gets this job's
+    overrides and this job's folder instead."""
+    if (int(os.environ.get("LOCAL_RANK", "0")) == 0 or "MNIST99_JOB_OVERRIDES" not in os.environ
+            or not any(a in ("-m", "--multirun") for a in argv)):
         return argv
     name = [a for a in argv if a.startswith("hydra.job.name=")]
     job_dir = os.environ["MNIST99_JOB_DIR"].replace('"', '\\"')
@@ -90,15 +86,11 @@ def drop_process_group() -> None:
 
 
 def end_job(saved: dict[str, str | None]) -> None:
-    """After a DDP job of a sweep, leave the process as the next job expects it: the job's other
-    processes exited, no process group (Lightning keeps its own) and the environment as before.
-
-    Lightning's child-process observer kills this process (and with it the rest of the sweep)
-    when one of the job's processes exits with an error, even after the job is over. So: wait for
-    them, read their exit codes here (a warning, not a kill), leave the observer nothing to watch,
-    then drop the process group. (An exit error was seen about once in 40 sweeps; its likely
-    source, a process exiting with its group alive, is what drop_process_group() at exit avoids.)
-    """
+    """After a DDP job of a sweep, leave the process as the next job expects it: the job's other processes exited, no
+    process group (Lightning keeps its own) and the environment as before. Lightning's child-process observer kills this process (and the rest of the sweep) when one of the job's processes
+    exits with an error, even after the job is over. So: wait for them, read their exit codes here (a warning, not a
+    kill), leave the observer nothing to watch, then drop the process group. (An exit error was seen about once in 40
+    sweeps; its likely source, a process exiting with its group alive, is what drop_process_group() at exit avoids.)"""
     children = [p for launcher in LAUNCHERS for p in getattr(launcher, "procs", None) or []]
     LAUNCHERS.clear()
     for proc in children:
@@ -109,8 +101,6 @@ def end_job(saved: dict[str, str | None]) -> None:
             code = proc.wait()
         if code:
             log.warning("DDP process %d of this job exited with code %s after the job ended.", proc.pid, code)
-    # The job is over and its exit codes are read: Lightning's observer (which kills this process
-    # when a child's code is not 0) gets nothing left to watch, and ends at its next look.
     for thread in threading.enumerate():
         watched = getattr(thread, "_child_processes", None)
         if type(thread).__name__ == "_ChildProcessObserver" and watched and set(map(id, watched)) <= set(map(id, children)):

@@ -1,18 +1,22 @@
 """Ensembles and test-time augmentation: average the softmax of several trained models, each over
-copies of the test images shifted by whole pixels. (Training the members: pipeline.train_ensemble.)"""
+copies of the test images shifted by whole pixels. (The members train in mnist99.pipeline.run.)"""
 
 from __future__ import annotations
 
+import logging
+import math
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from mnist99.errors import ConfigError
+
+log = logging.getLogger("mnist99")
 
 
 class ShiftTTA(L.LightningModule):
@@ -72,15 +76,32 @@ def check(cfg: DictConfig) -> tuple[int, list]:
     return members, shifts
 
 
-def check_held_out(cfgs: Sequence[DictConfig]) -> None:
-    """Refuses to score runs on their validation split unless they all held out the same training
-    images: with data.val_size=0 that split is testing/, and other sizes or split seeds differ."""
-    held_out = {(c.data.val_size, c.data.get("split_seed")) for c in cfgs}
-    if len(held_out) != 1 or next(iter(held_out))[0] == 0:
-        raise ConfigError(
-            f"Scoring on held-out images needs runs that held out the same training images (one data.val_size > 0 "
-            f"and one data.split_seed), not (val_size, split_seed) {sorted(held_out)}; with data.val_size=0 the "
-            "validation split is testing/. Train them with e.g. data.val_size=5000, or score on testing/.")
+def member_configs(cfg: DictConfig, members: int) -> Iterator[DictConfig]:
+    """Each member's config: seeds seed, seed+1, ..., each a run folder of its own (member<i>/), which
+    eval.py, predict.py and scripts/ensemble.py take as any run's."""
+    run_dir = Path(cfg.paths.output_dir)
+    for i in range(members):
+        member = OmegaConf.merge(cfg, {"seed": cfg.seed + i, "paths": {"output_dir": str(run_dir / f"member{i}")},
+                                       "ensemble": {"members": 1}})
+        log.info("Ensemble member %d of %d (seed %d) in %s", i + 1, members, member.seed, member.paths.output_dir)
+        yield member
+
+
+def results(run_dir: Path, members: list[tuple[torch.Tensor, torch.Tensor, float]], shifts: list) -> dict:
+    """The ensemble's figures from its members' (softmax, labels, val/acc_best), also as TensorBoard
+    scalars of the run folder itself (each member has its own)."""
+    best = [b for _, _, b in members]
+    out = {"val/acc_best": statistics.fmean(best) if best else math.nan}
+    if members:
+        out |= combine([p for p, _, _ in members], members[0][1], shifts)
+        out["tested_weights"] = f"softmax of {len(members)} models (final weights) averaged over {len(shifts)} test-time shifts"
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as w:
+        for k, v in out.items():
+            if k.startswith(("test/", "val/")):
+                w.add_scalar(k, v, 0)
+    return out
 
 
 def combine(probs: list[torch.Tensor], labels: torch.Tensor, shifts: list) -> dict[str, float]:
@@ -99,12 +120,3 @@ def combine(probs: list[torch.Tensor], labels: torch.Tensor, shifts: list) -> di
         out["test/acc_ensemble_no_tta"] = accuracy(sum(p[:, plain] for p in probs), labels)
     out["test/acc"] = accuracy(sum(p.mean(1) for p in probs), labels)
     return out
-
-
-def log_scalars(run_dir: Path, scalars: dict[str, float]) -> None:
-    """The ensemble's figures as TensorBoard scalars of the run folder itself (members have their own)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(run_dir)) as w:
-        for k, v in scalars.items():
-            w.add_scalar(k, v, 0)

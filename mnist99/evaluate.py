@@ -14,21 +14,20 @@ from mnist99.build import build_model
 from mnist99.callbacks import ErrorAnalysis
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.errors import ConfigError
-from mnist99.standalone import stored_run
+from mnist99.checkpoints import stored_run
 from mnist99.trusted import check_targets, instantiate
 
 
 def load(run_dir: Path, ckpt: Path) -> tuple[DictConfig, L.LightningModule]:
     """(config, model in eval mode with the weights of `ckpt`), the config being the checkpoint's
-    own (mnist99.standalone) or, for one written before checkpoints held it, run_dir's config.yaml."""
+    own (mnist99.checkpoints) or, for one written before checkpoints held it, run_dir's config.yaml."""
     state = read_checkpoint(ckpt)
     stored = stored_run(state, ckpt)
     cfg = run_config(stored, run_dir, ckpt)
     model = build_model(cfg)
     check_fits(state, model, ckpt)
     model.load_state_dict(state["state_dict"])
-    # the class folder names the checkpoint holds (the datamodule's state in older ones; the oldest: none)
-    data_state = stored or state.get("MNISTDataModule") or {}
+    data_state = stored or {}  # the class folder names and the data's statistics the checkpoint holds
     model.trained_classes = [str(c) for c in data_state.get("classes", [])]
     # the training images' own mean and std where the config left them null (data=folder)
     model.data_stats = {k: data_state.get(k) for k in ("mean", "std")}

@@ -61,10 +61,7 @@ def predict(target: str, inputs: str | Sequence[str], batch_size: int = 512) -> 
     run_dir, ckpt = locate(target)
     cfg, model = load(run_dir, ckpt)
     data = cfg.data
-    if "model_channels" in data:
-        channels, model_channels = data.channels, data.model_channels
-    else:  # a run from before image folders: grey, data.channels the model's
-        channels, model_channels = 1, data.channels
+    channels, model_channels = data.channels, data.get("model_channels") or data.channels
     digits = channels == 1 and data.get("build_mnist", True)
     paths, images, bad = read_images(image_paths(inputs), int(data.get("image_size", 28)), channels, digits)
     mean = data.mean if data.get("mean") is not None else model.data_stats["mean"]

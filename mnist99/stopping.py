@@ -1,24 +1,18 @@
-"""Ctrl-C or SIGTERM outside a training step.
+"""Ctrl-C or SIGTERM outside a training step (where GracefulStop saves the whole state and stops):
+while the training stack loads, MNIST is built, the data is set up, the test runs, or asked twice.
 
-Inside a training step, GracefulStop (mnist99.callbacks) saves the whole state and stops. Anywhere else
-(the training stack still loading, MNIST being built, the set-up, the sanity check, the test, or a
-second Ctrl-C asking to stop at once) Python raises KeyboardInterrupt for Ctrl-C, and SIGTERM (a
-scheduler's time limit, `kill`, `docker stop`) would end the process where it stands, leaving
-run.yaml at `running`. `stop_on_sigterm` makes SIGTERM raise Terminated, a KeyboardInterrupt, so both
-take the same way out: Lightning, the PNG writers and the cleanups already end cleanly on one.
-Lightning answers one raised inside `fit` or `test` by exiting with status 1, without a word and with
-Ctrl-C ignored from then on. These helpers turn all of it into mnist99's Interrupted, so every stop
-ends alike: one paragraph, status 128 + the signal (130, 143), run.yaml saying `interrupted`, or no run
-folder at all when nothing was trained. Nothing here imports torch: the command line uses it while the
-training stack is still loading."""
+SIGTERM (a scheduler's time limit, `kill`, `docker stop`) is made to raise Terminated, a
+KeyboardInterrupt, so both take Ctrl-C's way out, on which Lightning, the PNG writers and the
+cleanups end cleanly. Lightning answers one inside `fit` or `test` with `sys.exit(1)`, without a
+word; `stop_signal` sees through that. Every stop then ends alike (mnist99.pipeline): one
+paragraph, status 128 + the signal (130, 143), run.yaml saying `interrupted`, or no run folder when
+nothing was trained. No torch here: the command line uses it while the stack still loads."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mnist99.errors import Interrupted
 
@@ -72,20 +66,3 @@ def stopped_at_once(run_dir: Path, trained: bool, signum: int = signal.SIGINT) -
         what = (f"before its first checkpoint, so there is nothing to resume; its logs so far are in {run_dir}. "
                 "Run the same command again to start over")
     return Interrupted(f"{stopped_by(signum)} {what}.", int(signum))
-
-
-@contextmanager
-def stops_become_interrupted(run_dir: Path, trained: Callable[[], bool]) -> Iterator[None]:
-    """Around Lightning's fit and test: a Ctrl-C or SIGTERM inside them becomes stopped_at_once's
-    Interrupted, with Ctrl-C's handler as it was before (Lightning leaves it ignored)."""
-    main = threading.current_thread() is threading.main_thread()  # signal handlers belong to the main thread
-    before = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as e:
-        signum = stop_signal(e)
-        if signum is None:
-            raise
-        if main:
-            signal.signal(signal.SIGINT, before)
-        raise stopped_at_once(run_dir, trained(), signum) from None

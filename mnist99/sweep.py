@@ -1,9 +1,6 @@
-"""One summary per sweep: summary.csv, summary.md and summary.png in the multirun folder.
-
-Built from each job's run.yaml and config.yaml, so it works whatever launcher ran the jobs, and for
-a sweep that is still running or was interrupted (`scripts/summarize.py <sweep-dir>`). Written by
-the Hydra callback `SweepSummary` when a multirun ends.
-"""
+"""One summary per sweep: summary.csv, summary.md and summary.png in the multirun folder, written by the Hydra callback
+`SweepSummary` when a multirun ends. Built from each job's run.yaml and config.yaml, so it works whatever launcher ran
+the jobs, and for a sweep still running or interrupted (`scripts/summarize.py <sweep-dir>`)."""
 
 from __future__ import annotations
 
@@ -60,21 +57,13 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = [o for o in record.get("overrides") or [] if not o.lstrip("+~").startswith(LOCATION_KEYS)]
         reference = cfg.get("reference") or {}
         rows.append({
-            "job": record_file.parent.name,
-            "overrides": " ".join(overrides),
-            "status": record.get("status", "unknown"),
-            "val/acc_best": metrics.get("val/acc_best"),
-            "test/acc": metrics.get("test/acc"),
-            "reference": reference.get("test_acc"),
-            "reference_name": reference.get("name"),
-            "epochs": record.get("epochs"),
-            "wall_s": record.get("wall_seconds"),
-            "error": (record.get("error") or "").split(". ")[0][:160],
+            "job": record_file.parent.name, "overrides": " ".join(overrides), "status": record.get("status", "unknown"),
+            "val/acc_best": metrics.get("val/acc_best"), "test/acc": metrics.get("test/acc"),
+            "reference": reference.get("test_acc"), "reference_name": reference.get("name"), "epochs": record.get("epochs"),
+            "wall_s": record.get("wall_seconds"), "error": (record.get("error") or "").split(". ")[0][:160],
             # for grouping and plotting
-            "arch": choices.get("experiment") or choices.get("model") or "",
-            "lr": (cfg.get("optimizer") or {}).get("lr"),
-            "seed": cfg.get("seed"),
-            "no_seed": " ".join(o for o in overrides if not o.startswith("seed=")),
+            "arch": choices.get("experiment") or choices.get("model") or "", "lr": (cfg.get("optimizer") or {}).get("lr"),
+            "seed": cfg.get("seed"), "no_seed": " ".join(o for o in overrides if not o.startswith("seed=")),
             "metric": cfg.get("optimized_metric", "val/acc_best"),
         })
     return rows
@@ -125,8 +114,7 @@ def markdown(sweep_dir: Path, rows: list[dict]) -> str:
         lines.append(f"| {r['job'].split('_')[0]} | {own or '(defaults)'} | {r['status']} | {_pct(r['val/acc_best'])} "
                      f"| {_pct(r['test/acc'])} |" + (f" {_pct(r['reference'])} |" if ref else "")
                      + f" {r['epochs'] if r['epochs'] is not None else ''} | {wall} | {r['error'].replace('|', '/')} |")
-    groups = seed_groups(rows)
-    if groups:
+    if groups := seed_groups(rows):
         lines += ["", "Jobs that differ only by seed:", "",
                   "| overrides | seeds | test/acc mean ± std | val/acc_best mean ± std | wall s mean |", "| --- | --- | --- | --- | --- |"]
         for g in groups:
@@ -137,13 +125,12 @@ def markdown(sweep_dir: Path, rows: list[dict]) -> str:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    """Test accuracy against learning rate, one line per architecture (log x); a bar chart of the
-    jobs when the learning rate does not vary."""
+    """Test accuracy against learning rate, one line per architecture (log x); a bar chart of the jobs when the learning
+    rate does not vary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     metric = "test/acc" if any(r["test/acc"] is not None for r in rows) else rows[0]["metric"]
     done = [r for r in rows if r["status"] == "completed" and isinstance(r.get(metric), (int, float))]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
@@ -152,8 +139,7 @@ def plot(path: Path, rows: list[dict]) -> None:
         for arch in dict.fromkeys(r["arch"] for r in done):
             pts = sorted((r["lr"], r[metric] * 100) for r in done if r["arch"] == arch and isinstance(r["lr"], (int, float)))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arch or "run")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (optimizer.lr)")
+        ax.set(xscale="log", xlabel="learning rate (optimizer.lr)")
         ax.legend(title="model")
     else:
         labels = [r["overrides"] or r["job"] for r in done]

@@ -41,18 +41,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import torch  # noqa: E402
 
-from mnist99 import time_to_accuracy as tta  # noqa: E402
-from mnist99.data.datamodule import MNISTDataModule  # noqa: E402
-from mnist99.data.imagetree import decode_split, decode_tensor, list_split  # noqa: E402
-from mnist99.data.model_input import to_model_input  # noqa: E402
+import time_to_accuracy as tta  # noqa: E402
+from mnist99.data.datamodule import ImageFolderDataModule, to_model_input  # noqa: E402
+from mnist99.data.imagetree import decode, decode_split, list_split  # noqa: E402
 from mnist99.data.splits import find_splits  # noqa: E402
 from mnist99.run_info import machine  # noqa: E402
 
-MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
+MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))  # every model=<name>
 # The speed switches of a GPU, each measured against the plain float32 run (TF32 convolutions).
 GPU_VARIANTS = ["trainer.precision=bf16-mixed", "trainer.precision=16-mixed", "trainer.benchmark=true", "model.compile=true"]
 
@@ -68,11 +67,11 @@ def load_times(data_dir: Path, repeats: int = 3) -> dict:
     for split in find_splits(data_dir):
         decode_split(list_split(split))
     cold = time.perf_counter() - t
-    MNISTDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR).setup()  # makes sure the cache exists
+    ImageFolderDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR).setup()  # makes sure the cache exists
     warm = []
     for _ in range(repeats):
         t = time.perf_counter()
-        dm = MNISTDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR)
+        dm = ImageFolderDataModule(data_dir, val_size=0, cache_dir=CACHE_DIR)
         dm.setup()
         warm.append(time.perf_counter() - t)
     return {"cold_decode_s": cold, "warm_load_s": min(warm), "images": len(dm.data_train) + len(dm.data_test)}
@@ -94,11 +93,16 @@ def epoch_rate(loader, device: str, max_batches: int | None = None) -> float:
 def tensor_path_rate(data_dir: Path, batch_size: int, device: str) -> float:
     """mnist99's path (splits decoded once, batches indexed whole); on a GPU with the whole dataset
     on it (data.on_device=true)."""
-    dm = MNISTDataModule(data_dir, batch_size=batch_size, val_size=0, cache_dir=CACHE_DIR)
+    dm = ImageFolderDataModule(data_dir, batch_size=batch_size, val_size=0, cache_dir=CACHE_DIR)
     dm.setup()
     ds = dm.data_train
     ds.images, ds.labels = ds.images.to(device), ds.labels.to(device)
     return epoch_rate(dm.train_dataloader(), device)
+
+
+def decode_tensor(path: str, size: int, channels: int) -> torch.Tensor:
+    """One image file as the uint8 (channels, size, size) tensor the tensor path indexes."""
+    return torch.from_numpy(decode(Path(path), size, channels)[0].copy())
 
 
 def image_folder(root: Path, size: int = 28, channels: int = 1):
@@ -235,13 +239,16 @@ def time_to_accuracy(experiment: str, data_dir: Path, seeds: int, extra: list[st
     """Each seed of `experiment` trained in-process: seconds to each val/acc threshold, the
     validation curve, fit seconds and test accuracy."""
     from mnist99.callbacks import TimeToAccuracy
-    from mnist99.pipeline import train
+    from mnist99.pipeline import run
 
     runs = []
     for seed in range(seeds):
         clock = TimeToAccuracy(thresholds)
         cfg = compose_cfg(f"experiment={experiment}", f"seed={seed}", f"data.data_dir={data_dir}", *extra)
-        metrics = train(cfg, extra_callbacks=[clock])
+        outcome = run(cfg, callbacks=[clock])
+        if outcome.status != "completed":
+            sys.exit(f"{experiment} seed {seed}: {outcome.message or outcome.error}")
+        metrics = outcome.metrics
         runs.append({"seed": seed, "test_acc": metrics.get("test/acc"), "fit_s": metrics["fit_seconds"],
                      **{f"s_to_{t}": clock.reached.get(t) for t in thresholds},
                      "curve": clock.curve if cfg.data.val_size == 0 else []})  # val is testing/ only then
@@ -296,7 +303,7 @@ def main() -> None:
             args.models = "linear,cnn,resnet18"
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    MNISTDataModule(args.data_dir).prepare_data()  # MNIST built where the folder is missing or empty
+    ImageFolderDataModule(args.data_dir).prepare_data()  # MNIST built where the folder is missing or empty
     import logging
     import warnings
 
@@ -365,12 +372,12 @@ def from_runs(sources: list[Path], plot: Path | None, peers: list) -> None:
 
 def write_plot(path: Path, groups: dict, peers: list) -> None:
     """The figure, titled with the machines the runs trained on, and its data as JSON beside it."""
-    from mnist99.figures import save
-
     runs = [r for group in groups.values() for r in group]
     where = "; ".join(dict.fromkeys(r.machine for r in runs if r.machine)) or machine()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save(tta.figure(groups, peers, title=f"test accuracy against training time, {where}"), path)
+    fig = tta.figure(groups, peers, title=f"test accuracy against training time, {where}")
+    fig.savefig(path)
+    tta.pyplot().close(fig)
     tta.save(path.with_suffix(".json"), runs)
     print(f"\nFigure: {path} (its data: {path.with_suffix('.json')})")
 

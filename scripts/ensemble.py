@@ -35,6 +35,19 @@ def load_run(run_dir: Path, checkpoint: str):
     return load(run_dir, ckpt)
 
 
+def check_held_out(cfgs) -> None:
+    """Refuses to score runs on their validation split unless they all held out the same training
+    images: with data.val_size=0 that split is testing/, and other sizes or split seeds differ."""
+    from mnist99.errors import ConfigError
+
+    held_out = {(c.data.val_size, c.data.get("split_seed")) for c in cfgs}
+    if len(held_out) != 1 or next(iter(held_out))[0] == 0:
+        raise ConfigError(
+            f"Scoring on held-out images needs runs that held out the same training images (one data.val_size > 0 "
+            f"and one data.split_seed), not (val_size, split_seed) {sorted(held_out)}; with data.val_size=0 the "
+            "validation split is testing/. Train them with e.g. data.val_size=5000, or score on testing/.")
+
+
 def run_folders(paths: list[Path]) -> list[Path]:
     """The run folders among `paths`: a sweep's folder stands for its jobs, and files (a sweep's
     multirun.yaml and summary.*, which `outputs/multirun/<time>/*` also matches) are left out."""
@@ -64,7 +77,7 @@ def main() -> None:
     args = parser().parse_args()
 
     from mnist99.config import register_resolvers
-    from mnist99.ensemble import check_held_out, combine, test_probs
+    from mnist99.ensemble import combine, test_probs
     from mnist99.errors import Mnist99Error
     from mnist99.trusted import instantiate
 

@@ -88,6 +88,26 @@ def shared_mnist() -> Path:
     return SHARED_MNIST
 
 
+def fit(cfg: DictConfig, *callbacks):
+    """mnist99.pipeline.run of a composed config, `callbacks` first among the run's: its outcome for
+    the test to look at (metrics, parts, status and message); a crash raises its exception."""
+    from mnist99.pipeline import run
+
+    outcome = run(cfg, callbacks=callbacks)
+    if outcome.status == "crashed":
+        raise outcome.error
+    return outcome
+
+
+def one_paragraph(text: str) -> str:
+    """The one paragraph a command said on its stderr: asserted to be mnist99's only one, a line of its
+    own with nothing after it, and no traceback."""
+    lines = text.rstrip().splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("mnist99: ")]
+    assert len(said) == 1 and said[0] == len(lines) - 1 and "Traceback" not in text, text[-3000:]
+    return lines[said[0]]
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python train.py ARGS` in a new interpreter, as a user would; returns the finished process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -167,7 +187,7 @@ def trained_run(trained_run_process) -> Path:
 @pytest.fixture(scope="session")
 def real_subset(shared_mnist, tmp_path_factory):
     """The first 4000 training and 4000 test images of MNIST, as an mnist_png tree."""
-    from mnist99.data.prepare import _prepare
+    from mnist99.data.prepare import prepare_mnist_png
 
     root = tmp_path_factory.mktemp("real") / "mnist_png"
-    return _prepare(root, source=shared_mnist, mirrors=(), pypi=False, progress=False, limit=4000)
+    return prepare_mnist_png(root, source=shared_mnist, mirrors=(), pypi=False, progress=False, limit=4000)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist99.data.augment import BatchRandomAffine
-from mnist99.data.datamodule import MNISTDataModule, to_model_input
+from mnist99.data.datamodule import ImageFolderDataModule, to_model_input
 
 
 def test_no_op_settings_are_the_identity():
@@ -26,6 +26,38 @@ def test_shift_moves_whole_pixels_within_bounds():
     rows, cols = flat.argmax(1) // 28, flat.argmax(1) % 28
     assert ((rows - 14).abs() <= 2).all() and ((cols - 14).abs() <= 2).all()
     assert len(set(zip(rows.tolist(), cols.tolist()))) > 5  # different shifts per image
+
+
+def ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B, H, W): the angle of the ink's main axis (degrees from horizontal) and its spread
+    (the root mean square distance of the ink from its centre, in pixels)."""
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = images / images.sum((1, 2), keepdim=True)
+    cy, cx = (w * ys).sum((1, 2), keepdim=True), (w * xs).sum((1, 2), keepdim=True)
+    vyy, vxx, vxy = (w * (ys - cy) ** 2).sum((1, 2)), (w * (xs - cx) ** 2).sum((1, 2)), (w * (xs - cx) * (ys - cy)).sum((1, 2))
+    return torch.rad2deg(0.5 * torch.atan2(2 * vxy, vxx - vyy)), (vxx + vyy).sqrt()
+
+
+def test_rotation_turns_each_image_by_up_to_degrees():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 13:15, 4:24] = 1.0  # a horizontal bar
+    angles, _ = ink_moments(BatchRandomAffine(degrees=30)(x)[:, 0])
+    assert angles.abs().max() <= 31  # within the range asked for
+    assert angles.min() < -15 and angles.max() > 15  # turned both ways, each image its own
+    assert ink_moments(x[:, 0])[0].abs().max() < 1e-4
+
+
+def test_zoom_scales_each_image_within_its_range():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    _, before = ink_moments(x[:, 0])
+    _, halved = ink_moments(BatchRandomAffine(scale=(0.5, 0.5))(x)[:, 0])
+    torch.testing.assert_close(halved / before, torch.full((64,), 0.5), atol=0.06, rtol=0)
+    _, zoomed = ink_moments(BatchRandomAffine(scale=(0.7, 1.3))(x)[:, 0])
+    ratio = zoomed / before
+    assert ratio.min() > 0.62 and ratio.max() < 1.38 and ratio.max() - ratio.min() > 0.3  # each image its own zoom
 
 
 def test_rotation_keeps_shape_and_most_ink():
@@ -65,7 +97,7 @@ def test_impossible_settings(kw):
 
 
 def test_datamodule_augments_training_batches_only(tiny_tree):
-    dm = MNISTDataModule(tiny_tree, val_size=60, batch_size=32, augment=BatchRandomAffine(shift=3))
+    dm = ImageFolderDataModule(tiny_tree, val_size=60, batch_size=32, augment=BatchRandomAffine(shift=3))
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     dm.trainer = SimpleNamespace(training=False, current_epoch=0)

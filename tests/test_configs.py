@@ -183,3 +183,34 @@ def test_unknown_keys_are_named_with_the_valid_ones():
 def test_every_augment_builds(make_cfg, augment):
     dm = instantiate(make_cfg(f"augment={augment}").data, _convert_="all")
     assert (dm.augment is None) == (augment == "none")
+
+
+def flat(node: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a YAML mapping, its defaults list left out."""
+    out = {}
+    for k, v in node.items():
+        if k != "defaults":
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def test_model_files_say_only_what_differs_from_their_base():
+    """A model file extends a base (conf/model_classifier.yaml, conf/model_resnet.yaml, which extends
+    the first): it repeats none of the base's settings, and a ResNet's file is little more than its depth."""
+    import yaml
+
+    conf = Path(CONFIG_DIR)
+    read = lambda path: yaml.safe_load(path.read_text()) or {}  # noqa: E731
+    bases = {"/model_classifier@_here_": flat(read(conf / "model_classifier.yaml"))}
+    bases["/model_resnet@_here_"] = bases["/model_classifier@_here_"] | flat(read(conf / "model_resnet.yaml"))
+    for path in sorted((conf / "model").glob("*.yaml")):
+        text = read(path)
+        extends = [d for d in text.get("defaults", []) if isinstance(d, str) and d in bases]
+        if not extends:  # a model of its own kind (linear_scratch: a global config choosing its optimizer)
+            assert text["model"]["_target_"] != "mnist99.models.classifier.Classifier", path.name
+            continue
+        base = bases[extends[0]]
+        assert not {k for k, v in flat(text).items() if k in base and base[k] == v}, path.name
+        if path.stem.startswith("resnet"):
+            settings = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            assert len(settings) <= 5 and flat(text) == {"net.name": path.stem}, path.name

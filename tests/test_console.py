@@ -9,14 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_cli
+from conftest import fit, run_cli
 from mnist99.build import build_callbacks, build_trainer
 from mnist99.callbacks import NetSummary
 from mnist99.callbacks.net_summary import human, summary_lines
 from mnist99.callbacks import UnevenTestSplit
 from mnist99.models import nets
 from mnist99.models.classifier import Classifier, ScratchLinear
-from mnist99.pipeline import fit_and_test
 
 NOISE = ("GPU available", "TPU available", "Tip", "litlogger", "site-packages", "FLOPs", "Restoring states",
          "Loaded model weights", "Loading `train_dataloader`", "`Trainer.fit` stopped", "log_every_n_steps",
@@ -49,8 +48,8 @@ def test_a_short_run_prints_the_data_the_model_the_bars_and_the_summary_line(tin
 @pytest.mark.parametrize("name", ["mlp", "linear", "cnn", "resnet18", "resnet152"])
 def test_the_summary_shows_the_nets_layers_parameters_and_multiply_adds(name):
     net = {"mlp": lambda: nets.MLP(), "linear": lambda: nets.LinearNet(), "cnn": lambda: nets.FastCNN(),
-           "resnet18": lambda: nets.resnet(name="resnet18", in_channels=1, num_classes=10, head="linear"),
-           "resnet152": lambda: nets.resnet(name="resnet152", in_channels=1, num_classes=10, head="linear")}[name]()
+           "resnet18": lambda: nets.ResNet(name="resnet18", in_channels=1, num_classes=10, head="linear"),
+           "resnet152": lambda: nets.ResNet(name="resnet152", in_channels=1, num_classes=10, head="linear")}[name]()
     lines = summary_lines(Classifier(net))
     params = sum(p.numel() for p in net.parameters())
     assert lines[0].startswith(f"Model: {type(net).__name__}, {params:,} parameters, {human(nets.count_macs(net))} multiply-adds")
@@ -86,7 +85,8 @@ def test_an_epoch_shorter_than_the_log_interval_logs_once_an_epoch_without_a_war
                    "trainer.enable_progress_bar=false", "trainer.accelerator=cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics, model, _ = fit_and_test(cfg)
+        outcome = fit(cfg)
+    metrics, model = outcome.metrics, outcome.parts.model
     assert model.trainer.log_every_n_steps == 5
     assert "train/loss" in metrics  # logged at the epoch's 5th step
     assert not [w for w in caught if "logging interval" in str(w.message)]

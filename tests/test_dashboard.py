@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
 from conftest import run_in_process
 
@@ -54,14 +55,16 @@ def dashboard(tiny_tree, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard):
+def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard, tmp_path):
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    recorded = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]  # what the run itself says
     (run,) = get(f"{dashboard}/data/runs")
     assert run.startswith("runs/") and run.endswith("_lenet")
 
     tags = get(f"{dashboard}/data/plugin/scalars/tags")[run]
     assert {"train/loss", "val/acc", "val/acc_best", "test/acc"} <= set(tags)
     val_acc = get(f"{dashboard}/data/plugin/scalars/scalars?run={run}&tag=val/acc")
-    assert len(val_acc) == 2 and all(0 <= v <= 1 for _, _, v in val_acc)  # one point per epoch
+    assert len(val_acc) == 2 and val_acc[-1][2] == pytest.approx(recorded["val/acc"])  # one point per epoch, the run's
     assert [s for _, s, _ in val_acc] == sorted({s for _, s, _ in val_acc})
 
     experiment = get(f"{dashboard}/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -73,7 +76,7 @@ def test_tensorboard_serves_the_runs_scalars_hparams_and_images(dashboard):
     (group,) = groups
     assert group["hparams"]["model"] == "lenet"
     metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-    assert 0 < metrics["test/acc"] <= 1 and metrics["val/acc_best"] == max(v for _, _, v in val_acc)
+    assert metrics["test/acc"] == pytest.approx(recorded["test/acc"]) and metrics["val/acc_best"] == max(v for _, _, v in val_acc)
 
     images = get(f"{dashboard}/data/plugin/images/tags")[run]
     assert {"test/confusion_matrix", "test/top_losses"} <= set(images)

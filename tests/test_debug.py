@@ -6,8 +6,7 @@ from collections import Counter
 
 import lightning as L
 
-from conftest import run_in_process
-from mnist99.pipeline import train
+from conftest import fit, run_in_process
 
 CPU = ("trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
 
@@ -31,7 +30,7 @@ class BatchCounter(L.Callback):
 
 def test_fdr_runs_one_batch_of_each_split_and_writes_nothing(make_cfg, tmp_path):
     counter = BatchCounter()
-    metrics = train(make_cfg("debug=fdr", *CPU), extra_callbacks=[counter])
+    metrics = fit(make_cfg("debug=fdr", *CPU), counter).metrics
     assert (counter.train, counter.val, counter.test) == ({0: 1}, {0: 1}, 1)
     assert metrics["epochs"] == 1
     assert not (tmp_path / "checkpoints").exists()  # Lightning's fast_dev_run writes no checkpoint
@@ -40,21 +39,21 @@ def test_fdr_runs_one_batch_of_each_split_and_writes_nothing(make_cfg, tmp_path)
 
 def test_overfit_reaches_full_training_accuracy(make_cfg):
     """A working model memorises its few batches: train/acc ends at 100%."""
-    metrics = train(make_cfg("debug=overfit", "trainer.max_epochs=40", *CPU))
+    metrics = fit(make_cfg("debug=overfit", "trainer.max_epochs=40", *CPU)).metrics
     assert metrics["train/acc"] >= 0.99, metrics
 
 
 def test_limit_runs_small_fractions_of_each_split(make_cfg):
     # batches of 8: 200 training images (25 batches), 200 held out (25), 120 test images (15)
     counter = BatchCounter()
-    metrics = train(make_cfg("debug=limit", "data.batch_size=8", *CPU, val_size=200), extra_callbacks=[counter])
+    metrics = fit(make_cfg("debug=limit", "data.batch_size=8", *CPU, val_size=200), counter).metrics
     # 5% of 25 training batches, 10% of 25 validation and of 15 test batches, over 2 epochs
     assert (counter.train, counter.val, counter.test) == ({0: 1, 1: 1}, {0: 2, 1: 2}, 1)
     assert metrics["epochs"] == 2
 
 
 def test_profiler_report_lands_in_the_run_dir(make_cfg, tmp_path):
-    train(make_cfg("debug=profiler", "data.batch_size=8", *CPU, val_size=200))
+    assert fit(make_cfg("debug=profiler", "data.batch_size=8", *CPU, val_size=200)).status == "completed"
     report = (tmp_path / "fit-profiler.txt").read_text()
     assert "run_training_epoch" in report and "Action" in report
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_in_process
+from conftest import fit, run_in_process
 from mnist99.callbacks import StopOnDivergence
 from mnist99.errors import DivergedError
-from mnist99.pipeline import fit_and_test
 
 
 class Poison(L.Callback):
@@ -30,9 +29,9 @@ class Poison(L.Callback):
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("model=cnn", "trainer.max_epochs=3", "data.batch_size=32", "trainer.accelerator=cpu",
                    "trainer.enable_progress_bar=false", "logger=none")
-    with pytest.raises(DivergedError) as e:
-        fit_and_test(cfg, extra_callbacks=[Poison(epoch=1)])
-    message = str(e.value)
+    outcome = fit(cfg, Poison(epoch=1))
+    message = outcome.message
+    assert outcome.status == "diverged" and yaml.safe_load((tmp_path / "run.yaml").read_text())["status"] == "diverged"
     # 340 training images in batches of 32: 11 steps in epoch 0, so the first poisoned step is step 12
     assert "became nan at step 12 (epoch 1)" in message and "optimizer.lr=0.01" in message
     last = tmp_path / "checkpoints" / "last.ckpt"

@@ -23,7 +23,6 @@ README_MAX_LINES = 250
 REFUSED = {
     ("optimizer.lr=-1",),
     ("optimizer.lrr=0.1",),
-    ("model=resnet999",),
     ("model=resnet81",),
     ("modle=cnn",),
     ("experiment=fats",),
@@ -248,8 +247,13 @@ def overrides_of(words: list[str]) -> tuple[list[str] | None, str]:
 
 def train_commands() -> list[tuple[Path, int, str, list[str] | None, str]]:
     cmds = []
+    architecture = ROOT / "docs" / "architecture.md"
+    recipes = architecture.read_text().split("## Extending mnist99")[0].count("\n") + 1  # the recipes' first line
     for path in DOCS:
         for line, rest in command_texts(path):
+            if path == architecture and line >= recipes:  # options the recipes add: tests/test_extending.py runs them
+                cmds.append((path, line, rest, None, "a recipe's command, run by tests/test_extending.py with its files"))
+                continue
             shown = " ".join(re.split(r"\s(?:#|&&|\|\|?|;)\s", " " + rest + " ")[0].split())  # as written
             words = shell_words(rest)
             if words is None:
@@ -268,7 +272,7 @@ def refusal(overrides: list[str]) -> str | None:
     key = tuple(overrides)
     if key not in _composed:
         try:
-            compose_checked(list(overrides))
+            compose_checked(list(overrides), check_data=False)  # the folders a page names are not on this machine
             _composed[key] = None
         except ConfigError as e:
             _composed[key] = str(e)
@@ -307,9 +311,9 @@ def test_commands_were_found():
 
 
 def test_refused_examples_are_documented_or_known():
-    """Every documented refusal in REFUSED that the docs show is among the commands checked."""
+    """Every example of refused input in REFUSED is a command the docs show (and is checked as refused)."""
     shown = {tuple(o) for _, _, _, o, _ in COMMANDS if o is not None}
-    assert shown & REFUSED, "none of the refused-input examples was found in the docs"
+    assert REFUSED - shown == set(), "refused-input examples no page shows any more"
 
 
 def test_sweep_values_take_the_first_item():

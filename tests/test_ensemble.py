@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import run_in_process, run_script_in_process
+from conftest import fit, run_in_process, run_script_in_process
 
 from mnist99.callbacks import EMA
 from mnist99.ensemble import ShiftTTA, accuracy, check, combine
@@ -16,7 +16,6 @@ from mnist99.ensemble import test_probs as softmax_on_test  # not test_*: pytest
 from mnist99.errors import ConfigError
 from mnist99.evaluate import load
 from mnist99.locate import locate
-from mnist99.pipeline import train
 from mnist99.trusted import instantiate
 
 
@@ -64,7 +63,7 @@ def test_impossible_ensembles_are_refused(make_cfg, override, match):
 def test_ensemble_trains_members_and_tests_their_average(make_cfg, tmp_path):
     cfg = make_cfg("model=cnn", "ensemble.members=2", "ensemble.tta_shifts=[[0,0],[1,0]]", "trainer.max_epochs=2",
                    "data.batch_size=32", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
-    out = train(cfg)
+    out = fit(cfg).metrics
     assert out["ensemble/members"] == 2
     for i in range(2):
         assert (tmp_path / f"member{i}" / "checkpoints" / "last.ckpt").is_file()
@@ -114,13 +113,12 @@ class WeightsAfterEachStep(L.Callback):
 def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
     """With the EMA callback the model is tested with the averaged weights, whether they are the
     final ones (val_size=0) or come from the best checkpoint, not with the raw training weights."""
-    from mnist99.pipeline import fit_and_test
-
     base = ("model=cnn", "trainer.max_epochs=3", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
             "trainer.enable_progress_bar=false", "callbacks=none")
-    plain = fit_and_test(make_cfg(*base, val_size=val_size))[1]
+    plain = fit(make_cfg(*base, val_size=val_size)).parts.model
     ema, seen = EMA(decay=0.9, start_step=5), WeightsAfterEachStep()
-    metrics, model, _ = fit_and_test(make_cfg(*base, val_size=val_size), extra_callbacks=[ema, seen])
+    outcome = fit(make_cfg(*base, val_size=val_size), ema, seen)
+    metrics, model = outcome.metrics, outcome.parts.model
     raw, averaged, tested = plain.net[0][0].weight, ema.averaged_state_dict()["net.0.0.weight"], model.net[0][0].weight
     assert not torch.allclose(raw, averaged)
     # the average is the EMA of the raw weights of step 6 on (step_idx 5, zero-based), computed here on its own
@@ -141,13 +139,13 @@ def test_ema_weights_are_the_ones_tested(make_cfg, val_size):
 def test_ema_before_its_start_leaves_the_raw_weights(make_cfg):
     """Until averaging starts the average holds the initial weights: validating, saving or ending
     with them would show a random model (8.9% on the first epochs of a real run)."""
-    from mnist99.pipeline import fit_and_test
-
     base = ("model=cnn", "trainer.max_epochs=2", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none",
             "trainer.enable_progress_bar=false", "callbacks=none", "data.val_size=0")
-    plain_metrics, plain, _ = fit_and_test(make_cfg(*base))
+    plain = fit(make_cfg(*base))
+    plain_metrics, plain = plain.metrics, plain.parts.model
     ema = EMA(decay=0.9, start_step=10_000)
-    metrics, model, _ = fit_and_test(make_cfg(*base), extra_callbacks=[ema])
+    outcome = fit(make_cfg(*base), ema)
+    metrics, model = outcome.metrics, outcome.parts.model
     assert not ema.started
     assert torch.equal(model.net[0][0].weight, plain.net[0][0].weight)  # the trained weights, not the initial ones
     assert metrics["val/acc"] == plain_metrics["val/acc"] and metrics["test/acc"] == plain_metrics["test/acc"] > 0.3
@@ -205,9 +203,13 @@ def test_ema_schedule():
 
 
 def test_held_out_scoring_needs_one_real_hold_out():
+    import runpy
+
     from omegaconf import OmegaConf
 
-    from mnist99.ensemble import check_held_out
+    from conftest import ROOT
+
+    check_held_out = runpy.run_path(str(ROOT / "scripts" / "ensemble.py"))["check_held_out"]
 
     def run(val_size, split_seed=0):
         return OmegaConf.create({"data": {"val_size": val_size, "split_seed": split_seed}})

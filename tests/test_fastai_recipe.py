@@ -9,20 +9,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_script_in_process
+import torchvision
+from conftest import one_paragraph, run_in_process, run_script_in_process
 from torch import nn
 
 from mnist99.build import build_model
 from mnist99.config import validate
 from mnist99.errors import ConfigError
-from mnist99.models.nets import AdaptiveConcatPool2d, resnet
-from mnist99.pipeline import friendly
+from mnist99.models.nets import AdaptiveConcatPool2d, ResNet
 from mnist99.trusted import instantiate
 
 
 def test_fastai_head_layers_shape_and_init():
     torch.manual_seed(0)
-    net = resnet("resnet18", head="fastai")
+    net = ResNet("resnet18", head="fastai")
     body, head = net
     # the body is torchvision's, up to layer4: no avgpool, no fc
     assert [type(m).__name__ for m in body][-1] == "Sequential" and not any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Linear)) for m in body.modules())
@@ -52,7 +52,7 @@ def test_concat_pool_is_max_then_average():
 
 @pytest.mark.parametrize("name, features", [("resnet34", 512), ("resnet50", 2048)])
 def test_fastai_head_fits_every_backbone(name, features):
-    net = resnet(name, in_channels=1, num_classes=7, head="fastai")
+    net = ResNet(name, in_channels=1, num_classes=7, head="fastai")
     assert net[0][0].in_channels == 1 and net[1][2].num_features == 2 * features
     assert net.eval()(torch.rand(1, 1, 28, 28)).shape == (1, 7)
 
@@ -62,12 +62,15 @@ def test_linear_head_is_torchvisions(make_cfg):
     assert cfg.model.net.head == "linear"
     net = build_model(cfg).net
     assert isinstance(net.fc, nn.Linear) and isinstance(net.avgpool, nn.AdaptiveAvgPool2d)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    net.load_state_dict(reference.state_dict())  # the same layers under the same names
+    x = torch.rand(2, 3, 28, 28)
+    torch.testing.assert_close(net.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
 
 
-def test_unknown_head_is_refused_in_one_paragraph(make_cfg):
-    with pytest.raises(Exception) as e:
-        build_model(make_cfg("model=resnet18", "model.net.head=fancy"))
-    assert "model.net.head='fancy' is not a head" in friendly(e.value)
+def test_unknown_head_is_refused_in_one_paragraph(tiny_tree, tmp_path):
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "model=resnet18", "model.net.head=fancy", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 2 and "model.net.head='fancy' is not a head" in one_paragraph(proc.stderr)
 
 
 def blog_model(make_cfg, arch: str = "resnet18", *overrides: str):

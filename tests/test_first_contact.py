@@ -40,16 +40,27 @@ MISSPELT = [
     ("model=resnet81", "Did you mean model=resnet18"),
     ("hparams_search=optina", "Did you mean hparams_search=optuna?"),
     ("modle=cnn", "Did you mean model=cnn?"),
-    ("optimizer.lrr=0.1", "Did you mean optimizer.lr?"),
     ("model.net.widht=[8,16]", "Did you mean model.net.widths?"),
+    ("model.net.hidden_sizes=5", "Did you mean model.net.hidden_size or model.net.image_size? The keys under model.net are: "
+                                 "_partial_, _target_, hidden_size, image_size, widths."),
+    ("optimizer.lrr=0.1", "Did you mean optimizer.lr? The keys under optimizer are: _partial_, _target_, betas, decay_norm_and_bias, "
+                          "eps, lr, weight_decay"),
+    ("model=resnet999", "there is no option 'resnet999' in the config group 'model'"),
     ("optimizer.lr=-1", "optimizer.lr=-1 is impossible"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is impossible"),
+    ("data.batch_size=0", "data.batch_size=0 is impossible"),
+    ("data.batch_size=abc", "data.batch_size='abc' is impossible"),
+    ("trainer.gpus=1", "trainer.accelerator=cpu"),  # on a machine without a GPU
     ("data=folder", "data=folder trains on your own image folder, and none was given"),
 ]
 
 
 @pytest.mark.parametrize("override,expected", MISSPELT, ids=[m[0] for m in MISSPELT])
 def test_a_misspelt_or_impossible_override_is_refused_in_one_paragraph_and_leaves_nothing(override, expected, tmp_path):
+    import torch
+
+    if override == "trainer.gpus=1" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     proc = run_in_process("train", override, f"paths.log_dir={tmp_path}")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     message = proc.stderr.strip()

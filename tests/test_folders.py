@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from mnist99.data.datamodule import MNISTDataModule
+from mnist99.data.datamodule import ImageFolderDataModule
 from mnist99.errors import ConfigError, DataError
 
 from conftest import run_in_process, write_png_tree
@@ -62,17 +62,17 @@ def photos(tmp_path_factory) -> Path:
 def test_every_layout_is_found_by_name(tmp_path):
     for train, test in (("training", "testing"), ("train", "test"), ("train", "valid"), ("train", "val")):
         root = colour_folder(tmp_path / f"{train}-{test}", splits=(train, test), n=(3, 2))
-        dm = MNISTDataModule(root, build_mnist=False, val_size=0, channels=3, mean=None, std=None)
+        dm = ImageFolderDataModule(root, build_mnist=False, val_size=0, channels=3, mean=None, std=None)
         dm.prepare_data()
         dm.setup()
         assert dm.splits == (root / train, root / test) and dm.classes == ("apple", "leaf", "sky")
         assert dm.data_train.images.shape == (9, 3, 28, 28) and len(dm.data_test) == 6
     named = colour_folder(tmp_path / "named", splits=("fit", "holdout"), n=(3, 2))
-    dm = MNISTDataModule(named, build_mnist=False, train_dir="fit", test_dir="holdout", val_size=0)
+    dm = ImageFolderDataModule(named, build_mnist=False, train_dir="fit", test_dir="holdout", val_size=0)
     dm.setup()
     assert dm.splits == (named / "fit", named / "holdout") and dm.data_train.images.shape == (9, 1, 28, 28)
     with pytest.raises(ConfigError, match="data.test_dir=nothing"):
-        MNISTDataModule(named, build_mnist=False, train_dir="fit", test_dir="nothing").setup()
+        ImageFolderDataModule(named, build_mnist=False, train_dir="fit", test_dir="nothing").setup()
 
 
 def test_colour_jpegs_of_mixed_sizes_train_and_predict_names_the_classes(photos, tmp_path):
@@ -143,11 +143,11 @@ def test_mnist_is_built_only_in_a_missing_or_empty_folder(tmp_path, monkeypatch)
     empty.mkdir()
     (empty / ".gitkeep").write_text("")
     for folder in (empty, tmp_path / "missing"):
-        MNISTDataModule(folder, val_size=0).prepare_data()
+        ImageFolderDataModule(folder, val_size=0).prepare_data()
     assert built == [empty, tmp_path / "missing"] and (empty / "training" / "7").is_dir()
-    MNISTDataModule(empty, val_size=0).prepare_data()  # built now: read, not built again
+    ImageFolderDataModule(empty, val_size=0).prepare_data()  # built now: read, not built again
     with pytest.raises(DataError, match="does not exist"):
-        MNISTDataModule(tmp_path / "elsewhere", build_mnist=False).prepare_data()  # data=folder never builds
+        ImageFolderDataModule(tmp_path / "elsewhere", build_mnist=False).prepare_data()  # data=folder never builds
     assert len(built) == 2
 
 
@@ -186,6 +186,6 @@ def test_every_format_imagefolder_reads(tmp_path):
     for i, suffix in enumerate(("jpg", "jpeg", "bmp", "webp", "tif", "pgm", "ppm")):
         Image.fromarray(grey).convert("RGB" if suffix == "ppm" else "L").save(root / "training" / "1" / f"extra{i}.{suffix}")
     shutil.copy(next((root / "training" / "0").iterdir()), root / "training" / "0" / "copy.PNG")
-    dm = MNISTDataModule(root, val_size=0)
+    dm = ImageFolderDataModule(root, val_size=0)
     dm.setup()
     assert len(dm.data_train) == 2 * 2 + 7 + 1

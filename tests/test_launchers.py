@@ -82,12 +82,19 @@ def test_a_diverged_trial_reports_the_worst_value(tiny_tree, tmp_path):
         "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    n_trials: 2\n    sampler:\n      seed: 1231\n"
         "    params:\n      optimizer.lr: choice(0.05, 10000000.0)\n      optimizer.weight_decay: 0.0\n"
         "      data.batch_size: 32\n      model: mlp\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
     proc = run_in_process("train", "-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=lr_pair", "optimizer=sgd",
-                   "scheduler=none", "model=mlp", f"data.data_dir={tiny_tree}", *TINY, f"paths.log_dir={tmp_path}")
+                          "scheduler=none", "model=mlp", f"data.data_dir={tiny_tree}", *TINY, f"paths.log_dir={tmp_path}",
+                          f"hydra.sweeper.storage={storage}")
     sweep, states = statuses(tmp_path)
     assert sorted(states) == ["completed", "diverged"] and proc.returncode == 1, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_params"]["optimizer.lr"] == 0.05 and results["best_value"] > 0
+    import optuna
+
+    trials = optuna.load_study(study_name="mnist99", storage=storage).get_trials()
+    values = {t.params["optimizer.lr"]: t.value for t in trials}
+    assert values[10000000.0] == 0.0 and values[0.05] == results["best_value"]  # the diverged one: the worst accuracy
 
 
 @pytest.mark.slow  # two DDP jobs of two processes each: ~40 s (one DDP run: test_cli.py)

@@ -7,13 +7,14 @@ from functools import partial
 import pytest
 import torch
 
-from mnist99.errors import ConfigError
-from mnist99.models.classifier import ScratchLinear
-from mnist99.models.classifier import Classifier
-from mnist99.models.nets import FastCNN, LeNet, StackCNN, StridedCNN, count_macs
-from mnist99.pipeline import fit_and_test, train
+from conftest import fit
 
-MODELS = ["linear_scratch", "linear", "mlp", "lenet", "cnn", "strided_cnn", "resnet18", "resnet34", "resnet50", "resnet152", "stack_cnn"]
+from mnist99.config import group_options
+from mnist99.errors import ConfigError
+from mnist99.models.classifier import Classifier, ScratchLinear
+from mnist99.models.nets import FastCNN, LeNet, ResNet, StackCNN, StridedCNN, count_macs
+
+MODELS = group_options()["model"]  # every conf/model/<name>.yaml: a new net is tested without being named here
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -21,7 +22,8 @@ def test_fast_dev_run(make_cfg, model):
     """One step of each model; test/acc and test/loss are those of the tested weights on the tested
     batch (fast_dev_run tests the first 8 test images), recomputed here."""
     cfg = make_cfg(f"model={model}", "trainer.fast_dev_run=true", "data.batch_size=8", "trainer.accelerator=cpu")
-    metrics, module, datamodule = fit_and_test(cfg)
+    outcome = fit(cfg)
+    metrics, module, datamodule = outcome.metrics, outcome.parts.model, outcome.parts.datamodule
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)  # as the model got it
     module.eval()
@@ -34,7 +36,7 @@ def test_fast_dev_run(make_cfg, model):
 def test_training_raises_accuracy(make_cfg):
     """A short real training on the synthetic tree goes from chance (10%) to well above it."""
     cfg = make_cfg("model=cnn", "trainer.max_epochs=4", "data.batch_size=32", "trainer.accelerator=cpu", "logger=none")
-    metrics = train(cfg)
+    metrics = fit(cfg).metrics
     assert metrics["test/acc"] > 0.6, metrics
     assert metrics["val/acc_best"] >= metrics["val/acc"] - 1e-6
 
@@ -65,7 +67,6 @@ def test_fast_cnn_is_cheap():
 
 
 def test_label_smoothing_applies_to_training_only():
-    from mnist99.models.classifier import Classifier
     from mnist99.models.nets import LinearNet
 
     model = Classifier(LinearNet(), label_smoothing=0.2)
@@ -169,9 +170,7 @@ def test_compiled_net_is_used_for_any_network(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    from mnist99.models.nets import resnet
-
-    model = Classifier(resnet("resnet18", in_channels=1), compile=True)
+    model = Classifier(ResNet("resnet18", in_channels=1), compile=True)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and compiled == []  # not before the trainer sets it up
     model.configure_model()
     model.configure_model()

@@ -152,6 +152,15 @@ def test_checksum_mismatch_names_file(tmp_path):
     assert "data.source" in msg
 
 
+def test_the_md5_table_holds_the_published_checksums():
+    """The MD5s MNIST's authors published for the four uncompressed files (also in ../shared/README.md):
+    the one table every copy, from any source, is checked against."""
+    assert idx.EXPECTED_MD5 == {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+                                "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+                                "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+                                "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}
+
+
 def test_real_md5_table_rejects_synthetic_files(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "src", make_idx_bytes())
     with pytest.raises(DataError, match=idx.TRAIN_IMAGES):
@@ -591,7 +600,7 @@ def test_real_source_subset(tmp_path, monkeypatch):
     monkeypatch.delenv(prepare.SOURCE_ENV_VAR, raising=False)
     no_network(monkeypatch)
     data_dir = tmp_path / "mnist_png"
-    prepare._prepare(data_dir, source=SHARED_MNIST, progress=False, limit=200)
+    prepare.prepare_mnist_png(data_dir, source=SHARED_MNIST, progress=False, limit=200)
     assert len(list(data_dir.glob("training/*/*.png"))) == 200
     assert len(list(data_dir.glob("testing/*/*.png"))) == 200
     # The first training image is the well-known "5".
@@ -683,14 +692,14 @@ def test_idx_to_folder_writes_named_classes_and_refuses_a_full_folder(synthetic,
     folder per class, which data=folder then reads; an <out> that holds anything is refused."""
     from conftest import run_script_in_process
 
-    from mnist99.data.datamodule import MNISTDataModule
+    from mnist99.data.datamodule import ImageFolderDataModule
 
     src, _ = synthetic
     out = tmp_path / "fashion"
     proc = run_script_in_process("idx_to_folder", str(src), str(out), "--classes", "fashion")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "train").iterdir())[:3] == ["ankle-boot", "bag", "coat"]
-    dm = MNISTDataModule(out, build_mnist=False, val_size=0)
+    dm = ImageFolderDataModule(out, build_mnist=False, val_size=0)
     dm.setup()
     assert "t-shirt-top" in dm.classes and len(dm.data_train) == 40 and len(dm.data_test) == 20
     again = run_script_in_process("idx_to_folder", str(src), str(out))

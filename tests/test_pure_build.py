@@ -11,10 +11,9 @@ import lightning as L
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from conftest import ROOT, fit
 from mnist99.build import build_datamodule
-from mnist99.data.datamodule import MNISTDataModule
-from mnist99.pipeline import train
+from mnist99.data.datamodule import ImageFolderDataModule
 
 
 def assigned_configs(source: str) -> list[str]:
@@ -54,12 +53,12 @@ def test_the_config_saved_at_start_is_the_one_at_the_end_and_the_composed_config
     composed = OmegaConf.to_yaml(cfg)
     assert cfg.model.num_classes is None  # one output per class folder: the data says how many
     at_start = ConfigAtTrainStart(tmp_path / "config.yaml")
-    metrics = train(cfg, extra_callbacks=[at_start])
+    metrics = fit(cfg, at_start).metrics
     assert "test/acc" in metrics
     assert OmegaConf.to_yaml(cfg) == composed
     saved = (tmp_path / "config.yaml").read_text()
     assert at_start.text == saved
-    assert yaml.safe_load(saved)["model"]["num_classes"] == 10 == yaml.safe_load(saved)["model"]["net"]["num_classes"]
+    assert yaml.safe_load(saved)["model"]["num_classes"] == 10 and "num_classes" not in yaml.safe_load(saved)["model"]["net"]
 
 
 def test_the_class_count_is_found_without_touching_the_data_and_the_trainer_prepares_it(make_cfg, tmp_path, monkeypatch):
@@ -72,12 +71,12 @@ def test_the_class_count_is_found_without_touching_the_data_and_the_trainer_prep
 
     calls = []
     for hook in ("prepare_data", "setup"):
-        def spy(self, *args, _original=getattr(MNISTDataModule, hook), _hook=hook, **kwargs):
+        def spy(self, *args, _original=getattr(ImageFolderDataModule, hook), _hook=hook, **kwargs):
             calls.append((_hook, self.trainer.state.fn.value if self.trainer is not None else "no trainer"))
             return _original(self, *args, **kwargs)
 
-        monkeypatch.setattr(MNISTDataModule, hook, spy)
+        monkeypatch.setattr(ImageFolderDataModule, hook, spy)
     cfg = make_cfg("experiment=fast", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
                    "trainer.enable_progress_bar=false")
-    assert "test/acc" in train(cfg)
+    assert "test/acc" in fit(cfg).metrics
     assert calls == [("prepare_data", "fit"), ("setup", "fit"), ("prepare_data", "test"), ("setup", "test")]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mnist99.pipeline import train
+from conftest import fit
 
 
 def test_linear_learns_real_digits(make_cfg, real_subset):
     cfg = make_cfg("model=linear", "optimizer=sgd", "optimizer.lr=0.1", "scheduler=none", "trainer.max_epochs=3",
                    "data.batch_size=64", "logger=none", "trainer.accelerator=cpu", data_dir=real_subset, val_size=500)
-    metrics = train(cfg)
+    metrics = fit(cfg).metrics
     assert metrics["test/acc"] > 0.85, metrics
 
 

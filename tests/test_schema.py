@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import run_in_process
 from mnist99 import schema
 from mnist99.config import CONFIG_DIR, validate
-from mnist99.data.datamodule import MNISTDataModule
+from mnist99.data.datamodule import ImageFolderDataModule
 from mnist99.errors import ConfigError
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONFIG_DIR).iterdir() if g.is_dir()}
@@ -64,27 +64,43 @@ def test_every_option_of_every_group_has_the_keys_it_requires(gpu_here):
         GlobalHydra.instance().clear()
 
 
-def where_required(key: str) -> DictConfig:
-    """A composed config whose optimizer and scheduler take `key`."""
-    for overrides in ((), ("optimizer=sgd", "scheduler=cosine")):
+# options between them choosing every part the schema has rules for
+CHOSEN = [(), ("optimizer=sgd", "scheduler=cosine"), ("optimizer=adamw",), ("model=linear_scratch",)]
+
+
+def choosing(target: str) -> tuple[DictConfig, str]:
+    """A composed config one of whose sections is the part `target`, and that section."""
+    for overrides in CHOSEN:
         cfg = composed(*overrides)
-        if schema.required(cfg, schema.SCHEMA[key]):
-            return cfg
-    raise AssertionError(f"no composed config requires {key}: its `when` names no option of conf/")
+        for section in schema.SECTIONS:
+            if OmegaConf.select(cfg, f"{section}._target_") == target:
+                return cfg, section
+    raise AssertionError(f"no option of conf/ chooses {target}: its rules are never used")
 
 
-@pytest.mark.parametrize("key", list(schema.SCHEMA))
-def test_a_deleted_key_is_refused_by_name(key, gpu_here):
-    cfg = where_required(key)
-    parent, _, name = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    assert name in node, f"{key} is not in the composed config"
+@pytest.mark.parametrize("target, key", [(t, k) for t, rules in schema.PARTS.items() for k in rules])
+def test_a_deleted_key_of_a_chosen_part_is_refused_by_name(target, key, gpu_here):
+    cfg, section = choosing(target)
+    node = cfg[section]
+    assert key in node, f"{section}.{key} is not in the composed config"
     with open_dict(node):
-        del node[name]
+        del node[key]
     with pytest.raises(ConfigError) as refused:
         validate(cfg)
     message = str(refused.value)
-    assert key in message and "\n" not in message, message
+    assert f"{section}.{key}" in message and "\n" not in message, message
+
+
+def test_a_part_of_the_users_own_carries_only_the_keys_its_class_takes(monkeypatch):
+    """No rule of mnist99's datamodule or Classifier binds a model or data of another class."""
+    monkeypatch.setenv("MNIST99_ALLOW_TARGETS", "mypkg.*")
+    cfg = composed()
+    cfg.model = {"_target_": "mypkg.Net", "hidden": 3}
+    cfg.data = {"_target_": "mypkg.Data", "root": "/any"}
+    validate(cfg)
+    cfg.model = {"hidden": 3}
+    with pytest.raises(ConfigError, match="model._target_ is missing"):
+        validate(cfg)
 
 
 def test_keys_of_another_option_are_not_required():
@@ -114,5 +130,5 @@ def test_a_datamodule_built_from_python_refuses_in_the_words_of_the_start_up_che
     with pytest.raises(ConfigError) as at_start_up:
         validate(composed(*overrides))
     with pytest.raises(ConfigError) as from_python:
-        MNISTDataModule(tmp_path, **arguments)
+        ImageFolderDataModule(tmp_path, **arguments)
     assert str(from_python.value) == str(at_start_up.value) and overrides[0].split("=")[0] in str(at_start_up.value)

@@ -12,9 +12,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import traceback
 import zipfile
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 
@@ -312,3 +314,31 @@ def test_the_installed_wheel_trains_and_evaluates_outside_the_repository(wheel, 
     evaluated = command("eval", f"ckpt_path={run_dir}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert yaml.safe_load((run_dir / "eval.yaml").read_text())["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-3)
+
+
+class FramesAtFitStart(L.Callback):
+    """The stack as `fit` starts: the frames of train.py and of the mnist99 package on it."""
+
+    frames: list[str] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        ours = [f for f in traceback.extract_stack() if Path(f.filename).resolve() == ROOT / "train.py"
+                or Path(f.filename).resolve().is_relative_to(PACKAGE)]
+        FramesAtFitStart.frames = [f"{Path(f.filename).relative_to(ROOT)}:{f.name}" for f in ours]
+
+
+def test_five_frames_of_mnist99_lead_from_train_py_to_fit(tiny_tree, tmp_path, monkeypatch):
+    """`python train.py experiment=fast` as a user starts it (train.py run as __main__): the command,
+    its checks, Hydra's job and the run, then Lightning's fit."""
+    import runpy
+
+    from conftest import captured
+
+    monkeypatch.setenv("MNIST99_ALLOW_TARGETS", "test_structure.FramesAtFitStart")
+    args = ["experiment=fast", f"data.data_dir={tiny_tree}", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}",
+            "+callbacks.frames._target_=test_structure.FramesAtFitStart"]
+    proc = captured(lambda: runpy.run_path(str(ROOT / "train.py"), run_name="__main__"), [str(ROOT / "train.py"), *args], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert FramesAtFitStart.frames == ["train.py:<module>", "mnist99/commands.py:start", "mnist99/cli/train.py:main",
+                                       "mnist99/cli/train.py:job", "mnist99/pipeline.py:run"]

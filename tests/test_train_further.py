@@ -13,9 +13,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import run_in_process
-from mnist99.errors import Interrupted
-from mnist99.pipeline import fit_and_test
+from conftest import fit, run_in_process
 
 
 class RecordLR(L.Callback):
@@ -53,16 +51,16 @@ def train_further(cfg, folder, epochs: int = 2, callbacks=()):
     with open_dict(cfg):
         cfg.trainer.max_epochs = epochs
         cfg.resume_ckpt = str(folder / "checkpoints" / "last.ckpt")
-    return fit_and_test(cfg, extra_callbacks=callbacks)[0]
+    return fit(cfg, *callbacks)
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
 def test_a_finished_run_trained_for_one_more_epoch_gets_a_new_schedule_over_it(make_cfg, tmp_path, scheduler):
     first_lrs, more_lrs = RecordLR(), RecordLR()
-    first, _, _ = fit_and_test(fast_like(make_cfg, tmp_path, scheduler), extra_callbacks=[first_lrs])
+    first = fit(fast_like(make_cfg, tmp_path, scheduler), first_lrs).metrics
     assert first["epochs"] == 1 and len(first_lrs.lrs) == 25
-    more = train_further(fast_like(make_cfg, tmp_path, scheduler), tmp_path, callbacks=[more_lrs])
-    assert more["epochs"] == 2 and 0 <= more["test/acc"] <= 1
+    more = train_further(fast_like(make_cfg, tmp_path, scheduler), tmp_path, callbacks=[more_lrs]).metrics
+    assert more["epochs"] == 2 and more["test/acc"] > 0.5  # chance is 0.1
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 50
     lrs = more_lrs.lrs
     assert len(lrs) == 25 and first_lrs.lrs[-1] < 1e-3  # the first schedule had come down
@@ -77,7 +75,7 @@ def test_a_finished_run_trained_for_one_more_epoch_gets_a_new_schedule_over_it(m
 def test_a_constant_rate_stays_constant_and_another_scheduler_starts_afresh(make_cfg, tmp_path):
     """scheduler=none: nothing changes. A run resumed with another scheduler than its own (the
     library allows it) gets the config's schedule over the added steps, not a mix of the two."""
-    first, _, _ = fit_and_test(fast_like(make_cfg, tmp_path, "none"))
+    assert fit(fast_like(make_cfg, tmp_path, "none")).status == "completed"
     same, other = RecordLR(), RecordLR()
     train_further(fast_like(make_cfg, tmp_path, "none"), tmp_path, callbacks=[same])
     assert same.lrs == [0.01] * 25
@@ -89,15 +87,15 @@ def test_an_extension_stopped_midway_resumes_to_the_same_weights(make_cfg, tmp_p
     """One epoch, trained to two twice: once straight through, once stopped by SIGTERM at step 30
     and resumed as the message says. Both end with the same weights."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    fit_and_test(fast_like(make_cfg, whole))
+    assert fit(fast_like(make_cfg, whole)).status == "completed"
     shutil.copytree(whole, stopped)
     train_further(fast_like(make_cfg, whole), whole)
-    with pytest.raises(Interrupted) as e:
-        train_further(fast_like(make_cfg, stopped), stopped, callbacks=[SignalAt(30)])
+    interrupted = train_further(fast_like(make_cfg, stopped), stopped, callbacks=[SignalAt(30)])
     # the extension's config.yaml, written as it started, says 2 epochs: resume= alone goes on to them
-    assert f"python train.py resume={stopped}" in str(e.value) and "max_epochs" not in str(e.value)
+    assert interrupted.status == "interrupted" and interrupted.signum == signal.SIGTERM
+    assert f"python train.py resume={stopped}" in interrupted.message and "max_epochs" not in interrupted.message
     resumed = train_further(fast_like(make_cfg, stopped), stopped)
-    assert resumed["epochs"] == 2
+    assert resumed.metrics["epochs"] == 2
     a, b = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=True) for f in (whole, stopped))
     assert a["global_step"] == b["global_step"] == 50
     for name, tensor in a["state_dict"].items():

@@ -19,8 +19,6 @@ log = logging.getLogger("mnist99")
 class ResumableOptunaSweeper(OptunaSweeper):
     def __init__(self, *, storage: Any, study_name: str | None, n_trials: int, **kwargs: Any) -> None:
         if storage and study_name:
-            from mnist99.search import finished_trials
-
             done = finished_trials(str(storage), study_name)
             if done:
                 log.info("Study %s already has %d finished trials; running %d more to reach n_trials=%d.",
@@ -33,3 +31,19 @@ class ResumableOptunaSweeper(OptunaSweeper):
         # parameters (optimization_results.yaml) are written to.
         Path(self.sweeper.sweep_dir).mkdir(parents=True, exist_ok=True)
         return super().sweep(arguments)
+
+
+def finished_trials(storage: str, study_name: str) -> int:
+    """Trials of a stored study that ran to an end (complete or pruned). Trials left RUNNING by a
+    search that was killed are marked failed, so samplers ignore them; they were never evaluated,
+    and like failed ones they are not counted."""
+    import optuna  # here, not at the top: Hydra imports plugin modules at every start-up
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

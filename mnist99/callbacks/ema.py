@@ -10,24 +10,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class EMA(L.Callback):
-    """An exponential moving average of the weights (and BatchNorm buffers), validated, saved and
-    tested in place of the raw weights, updated with torch's foreach EMA update every
-    `every_n_steps` optimizer steps from `start_step` on (earlier weights are far from their final
-    values). Until averaging starts, the raw weights are the model: validated, saved and kept at the end.
+    """An exponential moving average of the weights and BatchNorm buffers (torch's AveragedModel, its foreach update),
+    taken every `every_n_steps` optimizer steps from `start_step` on (earlier weights are far from their final values),
+    and validated, saved and tested in place of the raw weights. Until averaging starts, the raw weights are the model.
 
-    Its own averaging on torch's AveragedModel, not a subclass of Lightning's WeightAveraging, whose
-    public API cannot do what this needs: it offers no way to ask whether the average has taken in
-    any weights yet (before `start_step` it would validate, save and end the run with the random
-    initial weights it was copied from), nor to reach the average at all, and its checkpoint loading
-    puts the raw training weights back into the model even when a checkpoint is being tested.
-    Lightning's own EMAWeightAveraging also updates tensor by tensor in a Python loop (~140 small
-    operations a step for model=stack_cnn); the foreach version does the same in a handful.
-
-    Checkpoints are laid out as Lightning's WeightAveraging lays them out, so eval, predict and
-    ensembles read the average and older checkpoints still resume: `state_dict` holds the averaged
-    weights, `current_model_state` the raw training weights and `averaging_state` the average's
-    count. One saved before averaging started holds the raw weights alone, as a run without EMA does.
-    """
+    Checkpoints are laid out as Lightning's WeightAveraging lays them out, so eval, predict and ensembles read the average:
+    `state_dict` holds the averaged weights, `current_model_state` the raw ones and `averaging_state` the average's count;
+    one saved before averaging started holds the raw weights alone. (WeightAveraging itself offers no public way to know
+    that the average has started or to reach it, and its loading puts the raw weights back into a tested model.)"""
 
     def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1):
         if not 0 < decay < 1 or start_step < 0 or every_n_steps < 1:
@@ -49,8 +39,7 @@ class EMA(L.Callback):
         """The averaged weights and buffers under the model's own names (empty before averaging starts)."""
         if not self.started:
             return {}
-        prefix = "module."
-        return {k[len(prefix):]: v for k, v in self.average.state_dict().items() if k.startswith(prefix)}
+        return {k.removeprefix("module."): v for k, v in self.average.state_dict().items() if k.startswith("module.")}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":  # a copy of the model, whose weights the first update replaces
@@ -73,14 +62,11 @@ class EMA(L.Callback):
             current.copy_(averaged)
             averaged.copy_(raw)
 
-    # validation swaps the average in and back out: no training step runs in between
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.started:
+        if self.started:  # the average in, and back out at the end: no training step runs in between
             self.swap(pl_module)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.started:
-            self.swap(pl_module)
+    on_validation_epoch_end = on_validation_epoch_start
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,23 +75,19 @@ class EMA(L.Callback):
                 current.copy_(averaged)
 
     def state_dict(self) -> dict:
-        return {"latest_update_step": self.updated_at}  # WeightAveraging's name: older checkpoints resume
+        return {"latest_update_step": self.updated_at}  # WeightAveraging's name
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.updated_at = int(state_dict.get("latest_update_step", 0))
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not self.started:
-            return
-        state = self.average.state_dict()
-        checkpoint["current_model_state"] = checkpoint["state_dict"]
-        checkpoint["state_dict"] = self.averaged_state_dict()
-        checkpoint["averaging_state"] = {k: v for k, v in state.items() if not k.startswith("module.")}
+        if self.started:
+            checkpoint["current_model_state"] = checkpoint["state_dict"]
+            checkpoint["state_dict"] = self.averaged_state_dict()
+            checkpoint["averaging_state"] = {k: v for k, v in self.average.state_dict().items() if not k.startswith("module.")}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        # Resuming a fit restores both the raw and the averaged weights. Testing a checkpoint
-        # evaluates its averaged weights (its state_dict), which Lightning has loaded already. A fit
-        # from a checkpoint saved before averaging started starts the average afresh at start_step.
+        # a resumed fit gets both weights back (a test has the average already); one saved before averaging restarts it
         if trainer.state.fn != TrainerFn.FITTING or self.average is None:
             return
         if "current_model_state" in checkpoint and "averaging_state" in checkpoint:

@@ -47,21 +47,18 @@ def layers(net: nn.Module, max_depth: int) -> list[tuple[str, nn.Module]]:
 
 
 def summary_lines(model: nn.Module, in_channels: int = 1, image_size: int = 28, max_depth: int = 1) -> list[str]:
-    """The model in a few lines: its net's layers `max_depth` deep (those with neither parameters
-    nor multiply-adds, such as ReLU, pooling and Flatten, named at the end instead), each with its
-    parameters, multiply-adds per image and output shape, and the totals. A model without a `net`
-    (linear_scratch) shows its own parameters. Multiply-adds are counted as nets.count_macs counts
-    them (convolutions and matrix products, one image), by torch's FlopCounterMode, so matrix
-    products written out (x @ w) count too."""
+    """The model in a few lines: its net's layers `max_depth` deep (those with neither parameters nor multiply-adds,
+    such as ReLU, pooling and Flatten, named at the end instead), each with its parameters, multiply-adds per image and
+    output shape, and the totals. A model without a `net` (linear_scratch) shows its own parameters. Multiply-adds are
+    counted as nets.count_macs counts them (convolutions and matrix products, one image), by torch's FlopCounterMode,
+    so matrix products written out (x @ w) count too."""
     net = getattr(model, "net", None)
     net = net if isinstance(net, nn.Module) else model
-    params = [p for p in net.parameters()]
-    n_params = sum(p.numel() for p in params)
-    n_trainable = sum(p.numel() for p in params if p.requires_grad)
+    params = list(net.parameters())
+    n_params, n_trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
     first = next((p for p in params if p.is_floating_point()), None)
     x = torch.zeros(1, in_channels, image_size, image_size,
                     device=first.device if first is not None else "cpu", dtype=first.dtype if first is not None else None)
-
     rows: list[tuple[str, nn.Module]] = []
     if net is not model:
         rows = layers(net, max_depth)
@@ -86,23 +83,20 @@ def summary_lines(model: nn.Module, in_channels: int = 1, image_size: int = 28, 
         for h in hooks:
             h.remove()
     flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()} if out is not None else {}
-    root = type(net).__name__
-    total_macs = flops.get("Global", 0) // 2
-
+    root, total_macs = type(net).__name__, flops.get("Global", 0) // 2
     trainable = "" if n_trainable == n_params else f" ({n_trainable:,} trainable)"
     cost = (f"{human(total_macs)} multiply-adds per {in_channels}x{image_size}x{image_size} image, {shape_text(out)} outputs"
             if out is not None else f"multiply-adds unknown (it takes no {in_channels}x{image_size}x{image_size} image)")
     lines = [f"Model: {root}, {n_params:,} parameters{trainable}, {cost}"]
-    table, hidden = [], []
+    table, hidden = [], {}
     if net is model:  # its own parameters, no layers
-        table = [(name, f"Parameter {'x'.join(map(str, p.shape))}", f"{p.numel():,}", "", "") for name, p in
-                 model.named_parameters() if "." not in name]
+        table = [(name, f"Parameter {'x'.join(map(str, p.shape))}", f"{p.numel():,}", "", "")
+                 for name, p in model.named_parameters() if "." not in name]
     for name, m in rows:
         n = sum(p.numel() for p in m.parameters())
         macs = flops.get(f"{root}.{name}", 0) // 2
         if n == 0 and macs == 0:
-            if type(m).__name__ not in hidden:
-                hidden.append(type(m).__name__)
+            hidden[type(m).__name__] = None  # named once each, in order
             continue
         table.append((f"net.{name}" if name != "net" else name, kind(m), f"{n:,}", human(macs) if macs else "", shapes.get(name, "")))
     if table:
@@ -117,10 +111,9 @@ def summary_lines(model: nn.Module, in_channels: int = 1, image_size: int = 28, 
 
 
 class NetSummary(ModelSummary):
-    """The model summary at the start of fitting, in mnist99's words: the net's layers with their
-    parameters and multiply-adds per image (summary_lines), instead of Lightning's table of every
-    submodule, whose torchmetrics rows (train_acc, ..., val_acc_best) hold nothing and whose FLOPs
-    column reads 0. Being a ModelSummary, it keeps Lightning from adding its own;
+    """The model summary at the start of fitting, in mnist99's words: the net's layers with their parameters and
+    multiply-adds per image (summary_lines), instead of Lightning's table of every submodule, whose torchmetrics rows
+    hold nothing and whose FLOPs column reads 0. Being a ModelSummary, it keeps Lightning from adding its own;
     trainer.enable_model_summary=false leaves it out (build_callbacks), max_depth=0 too."""
 
     def __init__(self, max_depth: int = 1):

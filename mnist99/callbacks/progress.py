@@ -1,5 +1,4 @@
-"""What the console shows while training: the progress bar with images per second, and a logging
-interval that fits a short epoch."""
+"""The console while training: the progress bar with images per second, and a logging interval that fits a short epoch."""
 
 from __future__ import annotations
 
@@ -11,8 +10,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 
 class ImagesPerSecondBar(RichProgressBar):
-    """Lightning's rich progress bar, with the training images per second of the epoch so far
-    (time since the epoch began, so data loading and logging count too)."""
+    """Lightning's rich progress bar, with the training images per second of the epoch so far (time since the epoch
+    began, so data loading and logging count too)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,9 +35,9 @@ class ImagesPerSecondBar(RichProgressBar):
 
 
 def training_batches(trainer: L.Trainer) -> int | None:
-    """The training batches of one epoch on each device, counted as Lightning will count them
-    (the datamodule's training set and batch size, split across devices, then limit_train_batches
-    or overfit_batches); None for a datamodule that does not say its training set and batch size."""
+    """The training batches of one epoch on each device, counted as Lightning will count them (the datamodule's training
+    set and batch size, split across devices, then limit_train_batches or overfit_batches); None for a datamodule that
+    does not say its training set and batch size."""
     dm = trainer.datamodule
     data, batch_size = getattr(dm, "data_train", None), getattr(dm, "batch_size", None)
     if data is None or not batch_size:
@@ -48,18 +47,16 @@ def training_batches(trainer: L.Trainer) -> int | None:
     except TypeError:  # a dataset without a length
         return None
     batches = n // batch_size if getattr(dm, "drop_last", False) else math.ceil(n / batch_size)
-    limit = trainer.limit_train_batches
-    if isinstance(limit, int):
+    if isinstance(limit := trainer.limit_train_batches, int):
         return min(batches, limit)
     return int(batches * limit) if isinstance(limit, float) else batches
 
 
 class LogIntervalWithinEpoch(L.Callback):
-    """trainer.log_every_n_steps brought down to the number of training batches of an epoch that is
-    shorter (a small data set, limit_train_batches, debug=limit): train/loss is then logged once an
-    epoch instead of never, and Lightning has nothing to warn about ("The number of training batches
-    (5) is smaller than the logging interval Trainer(log_every_n_steps=50)"). Set before Lightning
-    reads the data (setup), where it checks the interval."""
+    """trainer.log_every_n_steps brought down to the training batches of a shorter epoch (a small data set,
+    limit_train_batches, debug=limit): train/loss is then logged once an epoch instead of never, and Lightning has nothing
+    to warn about ("The number of training batches (5) is smaller than the logging interval Trainer(log_every_n_steps=50)").
+    Set in setup: before Lightning reads the data, where it checks the interval."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or trainer.fast_dev_run or trainer.log_every_n_steps <= 0:

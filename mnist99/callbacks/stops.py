@@ -1,5 +1,5 @@
-"""Runs that stop early and can go on: a diverging loss stopped at its step, Ctrl-C or SIGTERM
-while training saving the whole state (random generators included) for resume=."""
+"""Runs that stop early and can go on: a diverging loss stopped at its step, Ctrl-C or SIGTERM while training saving
+the whole state (random generators included) for resume=."""
 
 from __future__ import annotations
 
@@ -18,15 +18,11 @@ from mnist99.stopping import stopped_by
 
 
 class StopOnDivergence(L.Callback):
-    """Stops a run whose training loss diverged, naming the step and the likely cause.
-
-    Diverged means a loss that is not a finite number (stopped at that step), or a running mean of
-    the loss (about the last 10 steps) above `explode_factor` times a random guess's loss,
-    ln(num_classes): 115 for MNIST, where a sane run stays below 3 after its first steps.
-
-    Checked every step when the loss is on the CPU; on a GPU every `gpu_every_n_steps` steps, since
-    reading the loss makes the CPU wait for the GPU. Checkpoints already written stay as they are.
-    """
+    """Stops a run whose training loss diverged, naming the step and the likely cause. Diverged: a loss that is not a
+    finite number (stopped at that step), or a running mean of the loss (about the last 10 steps) above `explode_factor`
+    times a random guess's loss, ln(num_classes): 115 for MNIST, where a sane run stays below 3 after its first steps.
+    Checked every step when the loss is on the CPU; on a GPU every `gpu_every_n_steps` steps, since reading the loss
+    makes the CPU wait for the GPU. Checkpoints already written stay as they are."""
 
     def __init__(self, lr: float | None = None, explode_factor: float = 50.0, gpu_every_n_steps: int = 10):
         self.lr, self.explode_factor, self.gpu_every_n_steps = lr, explode_factor, gpu_every_n_steps
@@ -47,9 +43,8 @@ class StopOnDivergence(L.Callback):
         if not bool(torch.isfinite(value)):
             raise DivergedError(self.message(trainer, f"became {float(value)}"))
         if float(self.mean) > limit:
-            guess = limit / self.explode_factor
-            raise DivergedError(self.message(trainer, f"averaged {float(self.mean):.4g} over the last steps (a random "
-                                                      f"guess scores {guess:.2f}; the limit is {limit:.0f})"))
+            raise DivergedError(self.message(trainer, f"averaged {float(self.mean):.4g} over the last steps (a random guess "
+                                                      f"scores {limit / self.explode_factor:.2f}; the limit is {limit:.0f})"))
 
     def message(self, trainer: L.Trainer, what: str) -> str:
         lr = f"optimizer.lr={self.lr:g}" if self.lr else "the learning rate"
@@ -63,8 +58,8 @@ class StopOnDivergence(L.Callback):
 
 
 def rng_states() -> dict:
-    """Every random generator a training step may draw from, as plain tensors and ints (so that a
-    checkpoint still loads with torch.load(weights_only=True))."""
+    """Every random generator a training step may draw from, as plain tensors and ints (so that a checkpoint still
+    loads with torch.load(weights_only=True))."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
@@ -84,9 +79,9 @@ def set_rng_states(state: dict) -> None:
 
 
 class RngState(L.Callback):
-    """Every random generator's state in every checkpoint, restored on resume. With the epoch's
-    order drawn from (seed, epoch) and the position in the epoch saved by the datamodule, a run
-    resumed from any checkpoint, mid-epoch ones included, takes the same steps as one never stopped."""
+    """Every random generator's state in every checkpoint, restored on resume. With the epoch's order drawn from
+    (seed, epoch) and the position in the epoch saved by the datamodule, a run resumed from any checkpoint, mid-epoch
+    ones included, takes the same steps as one never stopped."""
 
     def state_dict(self) -> dict:
         return {"rng": rng_states()}
@@ -97,11 +92,10 @@ class RngState(L.Callback):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM while training: the current step finishes, the whole state goes
-    to `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch and, with
-    RngState, the random generators), and the run stops with a message that says how to resume it.
-    A second Ctrl-C stops at once, without saving: mnist99.stopping words that stop, as it does a
-    Ctrl-C outside training. Under DDP the ranks agree each step on whether to stop."""
+    """Ctrl-C (SIGINT) or SIGTERM while training: the current step finishes, the whole state goes to
+    `<dirpath>/last.ckpt` (weights, optimizer, schedule, position in the epoch and, with RngState, the random
+    generators), and the run stops with a message that says how to resume it. A second Ctrl-C stops at once, without
+    saving (worded by mnist99.stopping, as a Ctrl-C outside training). Under DDP the ranks agree each step on whether to stop."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -129,13 +123,11 @@ class GracefulStop(L.Callback):
             return
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
-        raise Interrupted(
-            f"{stopped_by(self.signum or signal.SIGTERM)} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx + 1} of "
-            f"{trainer.num_training_batches}). The run's whole state is saved in {path}. Continue it where it "
-            # resume= composes the run's config.yaml, written as this fit started: its length included
-            f"stopped with: python train.py resume={self.dirpath.parent}",
-            int(self.signum or signal.SIGTERM),
-        )
+        signum = self.signum or signal.SIGTERM
+        # resume= composes the run's config.yaml, written as this fit started: its length included
+        raise Interrupted(f"{stopped_by(signum)} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+                          f"{batch_idx + 1} of {trainer.num_training_batches}). The run's whole state is saved in {path}. "
+                          f"Continue it where it stopped with: python train.py resume={self.dirpath.parent}", int(signum))
 
     def restore_handlers(self) -> None:
         for s, handler in self.previous.items():

@@ -1,5 +1,4 @@
-"""How long training took: the seconds to each validation accuracy, each epoch's seconds, and the
-moment fit began (the run's fit time, and the count of images left out, for the record)."""
+"""How long training took: the seconds to each validation accuracy, and each epoch's seconds."""
 
 from __future__ import annotations
 
@@ -10,9 +9,8 @@ import lightning as L
 
 
 class TimeToAccuracy(L.Callback):
-    """The training seconds (since fit started, validation included) at which `val/acc` first
-    reached each threshold, checked at every validation; and `curve`, every validation's
-    (seconds, val/acc)."""
+    """The training seconds (since fit started, validation included) at which `val/acc` first reached each threshold,
+    checked at every validation; and `curve`, every validation's (seconds, val/acc)."""
 
     def __init__(self, thresholds: Sequence[float] = (0.99, 0.995)):
         self.thresholds = tuple(thresholds)
@@ -27,15 +25,16 @@ class TimeToAccuracy(L.Callback):
         acc = trainer.callback_metrics.get("val/acc")
         if trainer.sanity_checking or acc is None:
             return
-        self.curve.append((time.perf_counter() - self.start, float(acc)))
+        seconds = time.perf_counter() - self.start
+        self.curve.append((seconds, float(acc)))
         for t in self.thresholds:
             if t not in self.reached and float(acc) >= t:
-                self.reached[t] = time.perf_counter() - self.start
+                self.reached[t] = seconds
 
 
 class EpochSeconds(L.Callback):
-    """`time/epoch_seconds`: the wall time of each training epoch with its validation (what
-    fastai's `time` column shows), in the logger beside the epoch's metrics."""
+    """`time/epoch_seconds`: the wall time of each training epoch with its validation (what fastai's `time` column
+    shows), in the logger beside the epoch's metrics."""
 
     def __init__(self):
         self.start = 0.0
@@ -46,19 +45,3 @@ class EpochSeconds(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # validation at the epoch's end has run by now (Lightning validates before this hook)
         pl_module.log("time/epoch_seconds", time.perf_counter() - self.start)
-
-
-class FitStart(L.Callback):
-    """When the fit proper starts, the Trainer having prepared and set up the data: `start` (fit
-    time counts from there: reading and decoding the data is not fitting), and then the count of
-    images data.on_bad_image=skip left out goes into the logs, as data/skipped_images."""
-
-    def __init__(self):
-        self.start: float | None = None
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        skipped = len(getattr(trainer.datamodule, "skipped", ()))
-        if skipped:
-            for logger in trainer.loggers:
-                logger.log_metrics({"data/skipped_images": skipped}, step=0)

@@ -10,11 +10,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NoReturn
 
-from mnist99 import console
+from omegaconf import OmegaConf
+
+from mnist99 import console, trusted
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
                             unknown_group_options, unknown_override_keys)
-from mnist99.errors import ConfigError
+from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.stopping import stop_on_sigterm, stop_signal, stopped_by
+
+# What Hydra itself may build as it starts a command (conf/hydra/: a log formatter, the sweep's
+# summary, the sweeper): the libraries' families and the parts of mnist99 those configs name.
+HYDRA_WHITELIST = trusted.allowed(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml"))
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
@@ -119,6 +125,6 @@ def checked_argv(argv: list[str], config_name: str, check_values: bool = False) 
                 raise ConfigError(message)
         else:
             compose_checked(overrides, str(config_dir), name, check_values=check_values)
-    except ConfigError as e:
+    except Mnist99Error as e:
         fail(str(e))
     return argv

@@ -1,6 +1,6 @@
 """`python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]` / `mnist99-eval` (conf/eval.yaml):
 test a finished run again (mnist99.evaluate) and print what it got right and wrong. A .ckpt may be
-one copied alone to any folder (it holds its run's config, mnist99.standalone); the results then
+one copied alone to any folder (it holds its run's config, mnist99.checkpoints); the results then
 go beside it."""
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from mnist99 import trusted
-from mnist99.cli import checked_argv, stops_end, fail, setup_process
+from mnist99.cli import HYDRA_WHITELIST, checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 from mnist99.locate import locate
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="eval", execution_whitelist=trusted.allowed())
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", execution_whitelist=HYDRA_WHITELIST)
 def hydra_main(cfg: DictConfig) -> None:
     try:
         run_dir, ckpt = locate(str(cfg.ckpt_path))  # a missing or wrong path is answered before torch loads

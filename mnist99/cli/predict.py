@@ -1,7 +1,7 @@
 """`python predict.py ckpt_path=<run dir or .ckpt> inputs=<images or folders> [csv=<file>]` /
 `mnist99-predict` (conf/predict.yaml): classify pictures with a trained run (mnist99.predict),
 one line per image, optionally a CSV. A .ckpt may be one copied alone to any folder: it holds its
-run's config and class names (mnist99.standalone)."""
+run's config and class names (mnist99.checkpoints)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99 import trusted
-from mnist99.cli import checked_argv, stops_end, fail, setup_process
+from mnist99.cli import HYDRA_WHITELIST, checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR
 from mnist99.errors import Mnist99Error
 from mnist99.locate import input_items, locate
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="predict", execution_whitelist=trusted.allowed())
+@hydra.main(config_path=CONFIG_DIR, config_name="predict", execution_whitelist=HYDRA_WHITELIST)
 def hydra_main(cfg: DictConfig) -> None:
     missing = [key for key in ("ckpt_path", "inputs") if OmegaConf.is_missing(cfg, key)]
     if missing:  # answered before torch loads, as a wrong ckpt_path is

@@ -1,8 +1,7 @@
-"""`python train.py` / `mnist99-train`: compose the config with Hydra, run it (mnist99.pipeline),
-print a summary line, and exit with a code a shell or a scheduler can act on.
-
-Everything up to the start of a run (--help, --cfg job, every refusal of a misspelt or impossible
-override) answers without importing torch or Lightning: the training stack is imported in `run`."""
+"""`python train.py` / `mnist99-train`: the start-up checks, then Hydra's run of `job`, which runs the
+config (mnist99.pipeline), prints its summary or its one paragraph, and exits with a code a shell
+or a scheduler can act on. Everything before a run starts (--help, --cfg job, every refusal of an
+override or a config) answers without importing torch or Lightning."""
 
 from __future__ import annotations
 
@@ -11,18 +10,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mnist99 import ddp_sweep, run_info, trusted
-from mnist99.cli import checked_argv, fail, print_help, setup_process
+from mnist99.cli import HYDRA_WHITELIST, checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, group_options, new_folder
-from mnist99.data.splits import class_folders, usable_splits
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.stopping import before_training, stop_signal, stopped_by
 from mnist99.sweep import LAST_SWEEP
@@ -30,19 +26,45 @@ from mnist99.sweep import LAST_SWEEP
 log = logging.getLogger("mnist99")
 
 
-def run(cfg: DictConfig) -> float | None:
-    """One job: train and record it; print its summary or its one-paragraph error. A single run
-    exits with 2 (failed, diverged) or 128+signal (interrupted); a sweep's job returns
-    `failed_value` so the sweep goes on. Returns the optimized metric for a sweeper."""
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    refusal = None if multirun else data_refusal(cfg)  # a sweep's job is refused in its own record
-    if refusal:
-        discard_new_folder(cfg, run_dir)
-        fail(refusal)
+def main() -> None:
+    """The command line: refuse what cannot run in one paragraph, before Hydra makes a run folder
+    (a single run's config is validated here, once), then let Hydra run `job`."""
+    setup_process()
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print_help()
+        return
+    # a fresh start when called again in one process (tests, notebooks)
+    LAST_SWEEP.jobs = LAST_SWEEP.failed = 0
+    new_folder.cache_clear()
+    sys.argv = ddp_sweep.child_argv(sys.argv)
+    run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
+    sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     try:
-        from mnist99.pipeline import optimized_value, run_recorded  # the training stack, now that a run starts
+        try:
+            sys.argv = checked_argv(resume_argv(sys.argv), "train", check_values=True)
+            refuse_occupied_run_dir(sys.argv[1:])
+        except Mnist99Error as e:
+            fail(str(e))
+        hydra_main()
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside a run's training (a run's own stops end in `job`)
+        signum = stop_signal(e)
+        message = (f"{stopped_by(signum)} before the job under way began training: the sweep ends here, and the jobs "
+                   "that finished keep their folders." if sweep else before_training(signum))
+        print(f"\nmnist99: {message}\n", file=sys.stderr)
+        sys.exit(128 + signum)
+    ddp_sweep.drop_process_group()  # every DDP process leaves with its group closed: exiting with it alive can fail
+    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
+        sys.exit(min(LAST_SWEEP.failed, 125))
+
+
+def job(cfg: DictConfig) -> float | None:
+    """One job: run it and print its summary or its one paragraph. A single run exits with 2
+    (failed, diverged) or 128+signal (interrupted); a sweep's job returns `failed_value` so the
+    sweep goes on. Returns the optimized metric for a sweeper."""
+    hc = HydraConfig.get()
+    run_dir, multirun = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
+    try:
+        from mnist99.pipeline import optimized_value, run  # the training stack, now that a run starts
     except KeyboardInterrupt:  # seconds of loading on a small CPU, where a user may think better of it (or SIGTERM)
         discard_new_folder(cfg, run_dir)
         raise  # main() says so
@@ -51,14 +73,7 @@ def run(cfg: DictConfig) -> float | None:
         ddp_sweep.announce_job(run_dir, overrides)
     saved_env = ddp_sweep.saved_env()
     try:
-        if multirun:
-            ddp_sweep.check_supported(cfg)
-        outcome = run_recorded(cfg, run_dir, overrides, discard_refused=not multirun)
-    except ConfigError as e:  # before the job started: nothing to record
-        if multirun:
-            print(f"\nmnist99: error: {e}\n", file=sys.stderr)
-            return cfg.get("failed_value")
-        fail(str(e))
+        outcome = run(cfg, overrides, checked=not multirun, discard_refused=not multirun)
     finally:
         if multirun and saved_env["LOCAL_RANK"] is None:  # this process started the job's DDP processes (if any)
             ddp_sweep.end_job(saved_env)
@@ -71,30 +86,32 @@ def run(cfg: DictConfig) -> float | None:
         print(f"\nmnist99: {outcome.message}\n", file=sys.stderr)
         sys.exit(128 + outcome.signum)  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     if outcome.message:  # failed or diverged
-        if multirun:
-            print(f"\nmnist99: error: {outcome.message}\n", file=sys.stderr)
-            return cfg.get("failed_value")  # the sweep goes on with its next job
-        fail(outcome.message)
-    summary(cfg, outcome.metrics, run_dir)
+        if not multirun:
+            fail(outcome.message)
+        print(f"\nmnist99: error: {outcome.message}\n", file=sys.stderr)
+        return cfg.get("failed_value")  # the sweep goes on with its next job
+    summary(cfg, outcome, run_dir)
     return optimized_value(cfg, outcome.metrics)
 
 
-def data_refusal(cfg: DictConfig) -> str | None:
-    """Why mnist99's datamodule cannot use the run's data folder (no splits, no class folders, a
-    folder that holds something else), found before the training stack loads: seconds sooner than
-    the datamodule, which refuses it in the same words (mnist99.data.splits)."""
-    data = cfg.get("data")
-    if not data or data.get("_target_") != "mnist99.data.datamodule.MNISTDataModule":
-        return None
+hydra_main = hydra.main(config_path=CONFIG_DIR, config_name="train", execution_whitelist=HYDRA_WHITELIST)(job)
+
+
+def summary(cfg: DictConfig, outcome, run_dir: Path) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    metrics = outcome.metrics
+    model = outcome.choices.get("model", OmegaConf.select(cfg, "model._target_"))
+    acc = f"test/acc={metrics['test/acc']:.4f}" if "test/acc" in metrics else "test/acc=n/a"
     try:
-        splits = usable_splits(data.data_dir, data.get("train_dir"), data.get("test_dir"), bool(data.get("build_mnist", True)))
-        if splits is not None:
-            class_folders(splits[0])
-    except Mnist99Error as e:
-        return str(e)
-    except (OmegaConfBaseException, TypeError):  # a value the datamodule itself will refuse, in its words
-        return None
-    return None
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    print(f"\nmnist99: task={cfg.get('task_name')} model={model} {acc} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
+          f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={metrics.get('wall_seconds', 0):.1f}s "
+          f"run_dir={shown}")
 
 
 def discard_new_folder(cfg: DictConfig, run_dir: Path) -> None:
@@ -104,38 +121,6 @@ def discard_new_folder(cfg: DictConfig, run_dir: Path) -> None:
         return
     if not cfg.get("resume_ckpt") and not (run_dir / "run.yaml").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def stopped_before_training(multirun: bool, signum: int) -> NoReturn:
-    """Ctrl-C or SIGTERM before a run's first training step (a run that began ends in `run`, with its record)."""
-    message = (f"{stopped_by(signum)} before the job under way began training: the sweep ends here, and the jobs "
-               "that finished keep their folders." if multirun else before_training(signum))
-    print(f"\nmnist99: {message}\n", file=sys.stderr)
-    sys.exit(128 + signum)
-
-
-def summary(cfg: DictConfig, metrics: dict, run_dir: Path) -> None:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from mnist99.build import choices
-
-    if rank_zero_only.rank != 0:
-        return
-    model = choices(cfg).get("model", OmegaConf.select(cfg, "model._target_"))
-    acc = metrics.get("test/acc")
-    acc_txt = f"test/acc={acc:.4f}" if acc is not None else "test/acc=n/a"
-    try:
-        shown = run_dir.relative_to(Path.cwd())
-    except ValueError:
-        shown = run_dir
-    print(f"\nmnist99: task={cfg.get('task_name')} model={model} {acc_txt} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
-          f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={metrics.get('wall_seconds', 0):.1f}s "
-          f"run_dir={shown}")
-
-
-@hydra.main(config_path=CONFIG_DIR, config_name="train", execution_whitelist=trusted.allowed())
-def hydra_main(cfg: DictConfig) -> float | None:
-    return run(cfg)
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -155,7 +140,7 @@ def resume_argv(argv: list[str]) -> list[str]:
                 "(outputs/runs/<time>_<task>), which holds config.yaml and checkpoints/last.ckpt, "
                 "or one of its .ckpt files."
             )
-    trusted.check_targets(OmegaConf.load(run_dir / "config.yaml"))  # a copied folder may not be ours
+    trusted.check_targets(OmegaConf.load(run_dir / "config.yaml"))  # a copied folder may not be ours (its hydra section too)
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     swapped = [a for a in rest if a.split("=", 1)[0].lstrip("+~") in group_options()]
     if swapped:
@@ -169,53 +154,18 @@ def resume_argv(argv: list[str]) -> list[str]:
             f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]
 
 
-def occupied_run_dir(overrides: list[str]) -> str | None:
+def refuse_occupied_run_dir(overrides: list[str]) -> None:
     """A `hydra.run.dir=` that names a finished run's folder would have Hydra write over its saved
-    config before any check of ours: refuse it (resume= is the way back into a run's folder)."""
+    config before any check of ours: refused (resume= is the way back into a run's folder)."""
     if (int(os.environ.get("LOCAL_RANK", "0")) > 0 or os.environ.get("SLURM_RESTART_COUNT", "0") != "0"
             or any(a.lstrip("+").startswith("resume_ckpt=") for a in overrides)):
-        return None  # DDP's extra processes join their run's folder; resume and a requeued SLURM job continue in it
+        return  # DDP's extra processes join their run's folder; resume and a requeued SLURM job continue in it
     for a in overrides:
         if a.startswith("hydra.run.dir="):
             folder = Path(a.split("=", 1)[1].strip('"')).expanduser()
             if (folder / "run.yaml").is_file():
-                return (f"hydra.run.dir={folder} holds a finished run (run.yaml), and a new run would write over it. "
-                        f"Pick a new folder, or continue that run with: python train.py resume={folder}")
-    return None
-
-
-def main() -> None:
-    """The command line: refuse misspelt keys with the list of valid ones, then let Hydra run."""
-    setup_process()
-    if any(a in ("--help", "-h") for a in sys.argv[1:]):
-        print_help()
-        return
-    # a fresh start when called again in one process (tests, notebooks): no earlier sweep's
-    # failures, no run folder remembered from an earlier run
-    LAST_SWEEP.jobs = LAST_SWEEP.failed = 0
-    new_folder.cache_clear()
-    sys.argv = ddp_sweep.child_argv(sys.argv)
-    run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
-    try:
-        checked_then_run()
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside any run's training (a run's own stops end in `run`)
-        stopped_before_training(any(a in ("-m", "--multirun") for a in sys.argv[1:]), stop_signal(e))
-    # Every DDP process leaves with its group closed: exiting with it alive can fail on the way out.
-    ddp_sweep.drop_process_group()
-    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
-        sys.exit(min(LAST_SWEEP.failed, 125))
-
-
-def checked_then_run() -> None:
-    """The start-up checks (a refusal ends in one paragraph before Hydra makes a folder), then Hydra's run."""
-    try:
-        sys.argv = checked_argv(resume_argv(sys.argv), "train", check_values=True)
-    except ConfigError as e:
-        fail(str(e))
-    message = occupied_run_dir(sys.argv[1:])
-    if message:
-        fail(message)
-    hydra_main()
+                raise ConfigError(f"hydra.run.dir={folder} holds a finished run (run.yaml), and a new run would write over "
+                                  f"it. Pick a new folder, or continue that run with: python train.py resume={folder}")
 
 
 if __name__ == "__main__":

@@ -10,16 +10,14 @@ from torch import nn
 
 
 def blur_matrix(n: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
-    """(n, n) matrix B such that B @ v is v blurred by a Gaussian of `sigma` pixels (8*sigma+1
-    taps), reflect-padded at both ends as torchvision pads: the 1-D convolution as one small matmul,
-    ~4x faster on a CPU than conv2d over one-channel maps (blurring a batch of 256: 4 ms, not 16)."""
+    """(n, n) matrix B such that B @ v is v blurred by a Gaussian of `sigma` pixels (8*sigma+1 taps), reflect-padded as
+    torchvision pads: the 1-D convolution as one small matmul, ~4x faster on a CPU than conv2d (a batch of 256: 4 ms, not 16)."""
     radius = int(4 * sigma)
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()
     src = torch.arange(n).view(-1, 1) + taps.long().view(1, -1)  # the input index each tap reads
-    period = 2 * (n - 1) if n > 1 else 1
-    src = src.remainder(period)
+    src = src.remainder(period := 2 * (n - 1) if n > 1 else 1)
     src = torch.where(src >= n, period - src, src)  # reflect (edge not repeated), as often as needed
     out = torch.zeros(n, n, dtype=torch.float64)
     out.scatter_add_(1, src, kernel.expand(n, -1).contiguous())
@@ -27,22 +25,19 @@ def blur_matrix(n: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_noise(b: int, h: int, w: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
-    """(b, 2, h, w) uniform noise in [-1, 1] blurred by a Gaussian of `sigma` pixels: one smooth
-    random displacement field per image (torchvision's ElasticTransform draws one per batch)."""
+    """(b, 2, h, w) uniform noise in [-1, 1] blurred by a Gaussian of `sigma` pixels: a smooth random displacement
+    field per image (torchvision's ElasticTransform draws one per batch)."""
     noise = torch.rand(b, 2, h, w, device=like.device, dtype=like.dtype) * 2 - 1
     return blur_matrix(h, sigma, like) @ noise @ blur_matrix(w, sigma, like).T
 
 
 class BatchRandomAffine(nn.Module):
-    """Random shift (whole pixels), rotation and scale per image, and optionally an elastic
-    distortion (a smooth random displacement of every pixel, Simard et al. 2003), as one
-    `grid_sample` over the batch.
+    """Random shift (whole pixels), rotation and scale per image, and optionally an elastic distortion (a smooth
+    random displacement of every pixel, Simard et al. 2003), as one `grid_sample` over the batch.
 
-    Input and output are float (B, C, H, W) images whose background is 0 (applied before
-    normalisation, so the pixels moved in are background). `elastic_alpha` and `elastic_sigma`
-    mean what they mean in torchvision's ElasticTransform (a displacement of alpha / size in grid
-    units times the blurred noise), but each image gets a field of its own.
-    """
+    Input and output are float (B, C, H, W) images whose background is 0 (applied before normalisation, so the pixels
+    moved in are background). `elastic_alpha` and `elastic_sigma` mean what they mean in torchvision's ElasticTransform
+    (a displacement of alpha / size in grid units times the blurred noise), but each image gets a field of its own."""
 
     def __init__(self, shift: int = 0, degrees: float = 0.0, scale: tuple[float, float] = (1.0, 1.0),
                  elastic_alpha: float = 0.0, elastic_sigma: float = 4.0):
@@ -54,8 +49,7 @@ class BatchRandomAffine(nn.Module):
         self.elastic_alpha, self.elastic_sigma = float(elastic_alpha), float(elastic_sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        dev = x.device
+        (b, _, h, w), dev = x.shape, x.device
         angle = (torch.rand(b, device=dev) * 2 - 1) * math.radians(self.degrees)
         lo, hi = self.scale
         zoom = lo + torch.rand(b, device=dev) * (hi - lo)

@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 
@@ -29,11 +30,8 @@ def load_split(root: Path, size: int = 28, channels: int = 1, on_bad_image: str 
                ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple[str, ...]]:
     """(images uint8 (N, channels, size, size), labels int64 (N,), class names, skipped files) of
     `root/<class>/**/<image>`; with on_bad_image="skip", unreadable files are left out and listed.
-
-    The first call decodes every image and saves the tensors in `cache_dir`; later calls load that
-    file unless a file was added, removed or changed since. A file lock makes concurrent runs (a
-    parallel sweep) decode once: the others wait, then load the cache. cache_dir=None: no cache.
-    """
+    The first call decodes and caches in `cache_dir` (None: no cache) until a file is added, removed or
+    changed; a file lock makes concurrent runs (a parallel sweep) decode once, the others then load it."""
     listing = list_split(root)
     if listing.ignored:
         log.warning("Ignored %d file(s) in %s that are not images (e.g. %s).", len(listing.ignored), root, listing.ignored[0])
@@ -52,12 +50,9 @@ def seed_split(root: Path, images, cache_dir: Path) -> None:
     """Cache the grey split just written to `root` from `images` (uint8 (N, H, W); the file
     `<class>/<index>.png` holds images[index]) exactly as decoding it would: a first run does
     not read back the PNGs it has just written (PNG is lossless, so the pixels are the same)."""
-    import numpy as np
-
     listing = list_split(root)
     index = np.array([int(Path(f).stem) for f in listing.files])
-    size = images.shape[-1]
-    cache = cache_file(cache_dir, root, listing.fingerprint, size, 1, "error")
+    cache = cache_file(cache_dir, root, listing.fingerprint, images.shape[-1], 1, "error")
     with _exclusive(cache):
         _save(cache, {"images": torch.from_numpy(np.ascontiguousarray(images[index][:, None])),
                       "labels": torch.tensor(listing.labels, dtype=torch.int64), "classes": list(listing.classes), "skipped": []})
@@ -67,20 +62,14 @@ def seed_split(root: Path, images, cache_dir: Path) -> None:
 def _exclusive(cache: Path | None):
     """Held by the one process that decodes and writes `cache`; nothing to hold without a cache
     or where its folder cannot be written (every run then decodes)."""
-    if cache is None:
+    with contextlib.ExitStack() as held:
+        if cache is not None:
+            lock = FileLock(str(cache) + ".lock")
+            with contextlib.suppress(OSError):
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+                held.callback(lock.release)
         yield
-        return
-    lock = FileLock(str(cache) + ".lock")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _load(cache: Path | None, listing, size: int, channels: int):

@@ -1,5 +1,5 @@
-"""The LightningDataModule: a folder of images (MNIST's PNGs by default), decoded once into uint8
-tensors, its batches indexed whole and made into model input on the model's device."""
+"""The LightningDataModule of any image folder (MNIST's PNGs by default): every split decoded once
+into a uint8 tensor, batches indexed whole and made into model input on the model's device."""
 
 from __future__ import annotations
 
@@ -12,17 +12,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnist99 import schema
-from mnist99.data.batches import TensorBatchDataset, batch_as_is
 from mnist99.data.cache import load_split
-from mnist99.data.model_input import channel_stats, to_model_input
-from mnist99.data.sampler import EpochShuffle
 from mnist99.data.splits import class_folders, find_splits, usable_splits
 from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-class MNISTDataModule(L.LightningDataModule):
+class ImageFolderDataModule(L.LightningDataModule):
     """A folder of images: a training split and a test split found by name (training/ + testing/,
     train/ + test/, train/ + valid/, train/ + val/, or data.train_dir / data.test_dir), each with
     one sub-folder per class. MNIST's own PNG tree is built first where `build_mnist` is set and the
@@ -31,50 +28,26 @@ class MNISTDataModule(L.LightningDataModule):
     train = the training split minus a seeded hold-out of `val_size` images, val = that hold-out
     (or the test split when val_size is 0), test = the test split. Every image is brought to
     `channels` x `image_size` x `image_size` and every split decoded once into a uint8 tensor
-    (cached in `cache_dir`); batches are indexed whole, travel as uint8 and become floats on the
-    model's device (`on_after_batch_transfer`), where training batches are also augmented. With
-    `on_device=True` the tensors move to the accelerator once (~55 MB for MNIST) and a batch never
-    crosses the bus. (torchvision's per-image ImageFolder path, for comparison: scripts/benchmark.py.)
+    (cached in `cache_dir`); batches travel as uint8 and become floats on the model's device
+    (`on_after_batch_transfer`), where training batches are also augmented. With `on_device` the
+    tensors move to the accelerator once (~55 MB for MNIST) and a batch never crosses the bus.
     """
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        source: str | None = None,
-        mirrors: Sequence[str] | None = None,
-        pypi: bool = True,
-        build_mnist: bool = True,
-        train_dir: str | None = None,
-        test_dir: str | None = None,
-        cache_dir: str | Path | None = None,
-        batch_size: int = 128,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        image_size: int = 28,
-        channels: int = 1,
-        model_channels: int | None = None,
-        normalize: bool = True,
-        mean: float | Sequence[float] | None = 0.1307,
-        std: float | Sequence[float] | None = 0.3081,
-        num_workers: int = 0,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        loader: str = "tensor",  # only in the configs of earlier runs, which still build
-        on_device: bool = True,
-        on_bad_image: str = "error",
-        drop_last: bool = False,
-    ):
+    def __init__(self, data_dir: str | Path, source: str | None = None, mirrors: Sequence[str] | None = None, pypi: bool = True,
+                 build_mnist: bool = True, train_dir: str | None = None, test_dir: str | None = None,
+                 cache_dir: str | Path | None = None, batch_size: int = 128, val_size: int = 5000, split_seed: int = 0,
+                 image_size: int = 28, channels: int = 1, model_channels: int | None = None, normalize: bool = True,
+                 mean: float | Sequence[float] | None = 0.1307, std: float | Sequence[float] | None = 0.3081, num_workers: int = 0,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, on_device: bool = True,
+                 on_bad_image: str = "error", drop_last: bool = False):
         super().__init__()
-        # The start-up checks of these keys (mnist99.schema), for a datamodule built from Python too.
         model_channels = channels if model_channels is None else model_channels
-        schema.check_values({"data.channels": channels, "data.model_channels": model_channels, "data.image_size": image_size,
-                             "data.val_size": val_size, "data.batch_size": batch_size, "data.on_bad_image": on_bad_image})
-        if loader != "tensor":
-            raise ConfigError(f"data.loader={loader!r} is not a loader: mnist99 decodes every split once into tensors "
-                              "(data.loader=tensor); torchvision's per-image ImageFolder path is in scripts/benchmark.py.")
-        self.data_dir = Path(data_dir).expanduser()
+        schema.check_datamodule({"channels": channels, "model_channels": model_channels, "image_size": image_size,
+                                 "val_size": val_size, "batch_size": batch_size, "on_bad_image": on_bad_image})
+        self.data_dir = Path(str(data_dir)).expanduser()  # a folder named 5 is read as a number by Hydra
         self.source, self.pypi, self.build_mnist = source, pypi, build_mnist
         self.mirrors = None if mirrors is None else list(mirrors)  # None: torchvision's MNIST mirrors
-        self.train_dir, self.test_dir = train_dir, test_dir
+        self.train_dir, self.test_dir = (None if d is None else str(d) for d in (train_dir, test_dir))
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
         self.image_size, self.channels, self.model_channels = image_size, channels, model_channels
@@ -85,19 +58,15 @@ class MNISTDataModule(L.LightningDataModule):
         self.classes: tuple[str, ...] = ()
         self.splits: tuple[Path, Path] | None = None  # (training split, test split) folders
         self.data_train = self.data_val = self.data_test = None
-        # Mid-epoch resume is kept here, not left to Lightning: Lightning 2.6 saves the state of a
-        # DataLoader that has state_dict itself (never its sampler's), and never restores it where
-        # configure_optimizers asked for trainer.estimated_stepping_batches first, as the one-cycle
-        # and cosine schedules do (Lightning issue #20550). The datamodule's state is restored before.
+        # Mid-epoch resume is done here: Lightning 2.6 never restores a sampler's position where
+        # configure_optimizers asked for trainer.estimated_stepping_batches first (issue #20550).
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
         self.position = (-1, 0)  # (epoch, training batches handed out in it), for mid-epoch checkpoints
 
     def find_classes(self) -> tuple[str, ...]:
-        """The class names the data will have, found without reading an image or writing anything,
-        so that the model is sized before the Trainer prepares the data (prepare_data, on one
-        process per node) and sets it up (setup, on every process): the class folders of the
-        training split, or MNIST's ten where prepare_data is to build MNIST. A folder it cannot
-        use is refused here, on every process alike, in the words prepare_data would use."""
+        """The class names the data will have, found without reading an image or writing anything
+        (the model is sized before the Trainer prepares and sets up the data): the training split's
+        class folders, or MNIST's ten where prepare_data is to build MNIST."""
         splits = usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist)
         if splits is not None:
             return class_folders(splits[0])
@@ -107,9 +76,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build MNIST's PNG tree where that is meant (`build_mnist` set and the folder missing or
-        empty); refuse, listing what is there, any other folder without splits. Sets no state:
-        Lightning runs it on one process per node, and `setup` finds the splits on every process.
-        (A file lock in prepare_mnist_png still makes separate commands sharing a folder build it once.)"""
+        empty); refuse any other folder without splits. Sets no state: Lightning runs it on one
+        process per node (a file lock makes separate commands sharing a folder build it once)."""
         if usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist) is not None:
             return
         from mnist99.data.prepare import prepare_mnist_png
@@ -129,7 +97,7 @@ class MNISTDataModule(L.LightningDataModule):
         if classes != test_classes:
             raise DataError(f"The class folders differ between {train_root} {list(classes)} and "
                             f"{test_root} {list(test_classes)}; both splits need the same classes.")
-        if self.val_size >= len(train_y):  # its lower bound is the schema's (checked in __init__)
+        if self.val_size >= len(train_y):
             raise ConfigError(f"data.val_size={self.val_size} is impossible: {train_root} holds {len(train_y)} images, and "
                               f"val_size must be less than that (0 validates on the test split, {test_root.name}/).")
         self.classes = classes
@@ -158,8 +126,8 @@ class MNISTDataModule(L.LightningDataModule):
             dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)  # once (each DDP rank its own)
         sampler = None
         if shuffle and (self.trainer is None or self.trainer.world_size == 1):
-            # one process: an order a mid-epoch resume can reproduce. Under DDP, Lightning puts in
-            # its DistributedSampler (also seeded by epoch), and a resume restarts the epoch.
+            # one process: an order a mid-epoch resume can reproduce (under DDP, Lightning's
+            # DistributedSampler, also seeded by epoch; a resume restarts the epoch)
             sampler, shuffle = EpochShuffle(len(dataset), torch.initial_seed()), False
             self.position = (-1, 0)  # a new fit (an lr_find's batches do not count)
             if self.resume_at is not None:
@@ -194,8 +162,8 @@ class MNISTDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the classes (predict.py names its answers by them, a resume
-        checks them) and how far into its epoch training was, for a checkpoint written mid-epoch."""
+        """Saved in every checkpoint: the classes (a resume checks them) and how far into its epoch
+        training was, for a checkpoint written mid-epoch."""
         state: dict = {"classes": list(self.classes), "image_size": self.image_size, "channels": self.channels,
                        "mean": self.mean, "std": self.std}
         if self.trainer is not None and self.trainer.training and self.position[0] == self.trainer.current_epoch:
@@ -220,3 +188,76 @@ class MNISTDataModule(L.LightningDataModule):
             self.position = (self.trainer.current_epoch, done + 1 if epoch == self.trainer.current_epoch else 1)
         augment = self.augment if training else None
         return to_model_input(x, self.model_channels, self.normalize, self.mean, self.std, augment), y
+
+
+class TensorBatchDataset(torch.utils.data.Dataset):
+    """Images and labels as tensors, fetched a whole batch at a time (DataLoader's `__getitems__`):
+    one indexing operation a batch instead of one Python call per image."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]):
+        idx = torch.as_tensor(indices).to(self.images.device, non_blocking=True)
+        return self.images[idx], self.labels[idx]
+
+
+def batch_as_is(batch):
+    """The DataLoader's collate_fn: `__getitems__` made the batch already."""
+    return batch
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A permutation per epoch drawn from (seed, epoch) alone, so that a run resumed mid-epoch sees
+    the order an unstopped one does; `skip` drops the indices of one epoch it trained on already."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.skip: tuple[int, int] | None = None  # (epoch, indices to drop)
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63))
+        if self.skip and self.skip[0] == self.epoch:
+            perm = perm[self.skip[1] :]
+            self.skip = None
+        return iter(perm.tolist())
+
+
+def to_model_input(images: torch.Tensor, channels: int = 1, normalize: bool = True, mean: float | Sequence[float] = 0.1307,
+                   std: float | Sequence[float] = 0.3081, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) (or grey (B, H, W)) -> float (B, channels, H, W): scaled to [0, 1],
+    augmented (training only), optionally standardised (one mean and std, or one per channel),
+    a grey channel repeated when the model wants more than one."""
+    x = (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
+    if augment is not None:
+        x = augment(x)
+    if normalize:
+        per_channel = lambda v: v if isinstance(v, (int, float)) else torch.tensor(list(v), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)  # noqa: E731
+        x = x.sub_(per_channel(mean)).div_(per_channel(std))
+    return x.expand(-1, channels, -1, -1) if x.shape[1] == 1 and channels != 1 else x
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1] (data.mean=null)."""
+    sums = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(sums)
+    for chunk in images.split(4096):  # float64 a chunk at a time: no copy of the whole split
+        x = chunk.to(torch.float64).div_(255)
+        sums += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = sums / n
+    std = (squares / n - mean.square()).clamp_min(1e-12).sqrt()
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]

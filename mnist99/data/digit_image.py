@@ -20,8 +20,7 @@ from PIL import Image
 
 
 def ink(img: Image.Image) -> np.ndarray:
-    """Steps 1 and 2: a uint8 array, 0 = background, 255 = the digit's strokes (uint8, not float:
-    a 40-megapixel photo then costs 40 MB here, not 160)."""
+    """Steps 1 and 2: uint8 (not float: a 40 MP photo costs 40 MB here, not 160), 0 = background, 255 = strokes."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         alpha = np.asarray(img.convert("RGBA").getchannel("A"))
         if alpha.min() < alpha.max():
@@ -42,15 +41,13 @@ def to_mnist(img: Image.Image, size: int = 28) -> np.ndarray:
     if len(rows) == 0:  # no ink at all
         return np.array(Image.fromarray(a).resize((size, size), Image.LANCZOS))
     a = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    box = round(size * 20 / 28)
-    scale = box / max(a.shape)
+    scale = round(size * 20 / 28) / max(a.shape)
     h, w = max(1, round(a.shape[0] * scale)), max(1, round(a.shape[1] * scale))
     digit = np.asarray(Image.fromarray(a).resize((w, h), Image.LANCZOS), dtype=np.float32)
     # centre of mass to the centre, the digit kept whole inside the frame
     total = digit.sum() or 1.0
     cy, cx = (digit.sum(1) * np.arange(h)).sum() / total, (digit.sum(0) * np.arange(w)).sum() / total
-    top = int(np.clip(round((size - 1) / 2 - cy), 0, size - h))
-    left = int(np.clip(round((size - 1) / 2 - cx), 0, size - w))
+    top, left = int(np.clip(round((size - 1) / 2 - cy), 0, size - h)), int(np.clip(round((size - 1) / 2 - cx), 0, size - w))
     out = np.zeros((size, size), dtype=np.float32)
     out[top : top + h, left : left + w] = digit
     return out.round().clip(0, 255).astype(np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping
 
 import numpy as np
 from torchvision.datasets.mnist import read_image_file, read_label_file
@@ -17,12 +17,10 @@ TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
-IDX_FILES: Tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
-#: Published MD5s of the *uncompressed* IDX files (torchvision only knows those of its
-#: own .gz copies). Looked up at call time, so tests may monkeypatch this table (or pass
-#: ``expected_md5=`` to the helpers).
-EXPECTED_MD5: Dict[str, str] = {
+# The published MD5s of the uncompressed IDX files (torchvision knows only those of its .gz copies).
+EXPECTED_MD5 = {
     TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",  # 47,040,016 bytes
     TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",  # 60,008 bytes
     TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",  # 7,840,016 bytes
@@ -33,9 +31,8 @@ IMAGE_SHAPE = (28, 28)
 
 
 def check_idx(path: Path, name: str) -> None:
-    """Refuse, naming the file, what torchvision's IDX reader would misread or fail on without
-    saying why: a magic number that is not unsigned bytes (e.g. a gzip file never unpacked),
-    and a header or payload shorter or longer than its dimensions say."""
+    """Refuse, naming the file, what torchvision's IDX reader would misread or fail on silently: a magic number that is
+    not unsigned bytes (a gzip file never unpacked), a header or payload shorter or longer than its dimensions say."""
     bad = f"MNIST file {name} is not a valid IDX file"
     fix = "Replace it with the original file (or delete it to let mnist99 fetch another copy)."
     size = path.stat().st_size
@@ -45,49 +42,31 @@ def check_idx(path: Path, name: str) -> None:
             raise DataError(f"{bad}: it is only {size} bytes long. {fix}")
         zero1, zero2, dtype_code, ndim = head
         if zero1 != 0 or zero2 != 0 or dtype_code != 0x08 or not 1 <= ndim <= 3:
-            magic = struct.unpack(">I", head)[0]
-            raise DataError(
-                f"{bad}: bad magic number 0x{magic:08x} (expected 0x0000080N for unsigned "
-                f"bytes with N = 1 to 3 dimensions; a gzip file that was not decompressed starts "
-                f"with 0x1f8b). {fix}"
-            )
+            raise DataError(f"{bad}: bad magic number 0x{struct.unpack('>I', head)[0]:08x} (expected 0x0000080N for unsigned "
+                            f"bytes with N = 1 to 3 dimensions; a gzip file that was not decompressed starts with 0x1f8b). {fix}")
         dims_bytes = f.read(4 * ndim)
-    header = 4 + 4 * ndim
     if len(dims_bytes) < 4 * ndim:
         raise DataError(f"{bad}: truncated header ({size} bytes for {ndim} dimensions). {fix}")
     dims = struct.unpack(f">{ndim}I", dims_bytes)
-    expected_len = header + int(np.prod(dims, dtype=np.int64))
+    expected_len = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
     if size != expected_len:
-        raise DataError(
-            f"{bad}: dimensions {dims} need {expected_len:,} bytes but the file has "
-            f"{size:,} (truncated or padded). {fix}"
-        )
+        raise DataError(f"{bad}: dimensions {dims} need {expected_len:,} bytes but the file has {size:,} "
+                        f"(truncated or padded). {fix}")
 
 
-def verify(
-    paths: Mapping[str, Path],
-    expected_md5: Optional[Mapping[str, str]] = None,
-    origin: str = "",
-    how_to_fix: str = "",
-) -> None:
-    """Check every IDX file in ``paths`` (name -> uncompressed file): its structure, then its MD5.
-
-    Raises :class:`DataError` naming the first file that is missing, malformed or mismatching.
-    """
+def verify(paths: Mapping[str, Path], expected_md5: Mapping[str, str] | None = None, origin: str = "", how_to_fix: str = "") -> None:
+    """Check every IDX file of `paths` (name -> uncompressed file), its structure then its MD5;
+    a DataError names the first that is missing, malformed or another file."""
     expected_md5 = EXPECTED_MD5 if expected_md5 is None else expected_md5
     where = f" from {origin}" if origin else ""
     for name in IDX_FILES:
         if name not in paths:
             raise DataError(f"MNIST file {name}{where} is missing. {how_to_fix}".strip())
         check_idx(paths[name], name)
-        actual = calculate_md5(paths[name])
-        if actual != expected_md5[name]:
-            raise DataError(
-                f"MNIST file {name}{where} failed its checksum: expected MD5 "
-                f"{expected_md5[name]} (of the uncompressed file) but got {actual} "
-                f"({paths[name].stat().st_size:,} bytes); the file is corrupt, truncated or not the "
-                f"original MNIST file. {how_to_fix}".strip()
-            )
+        if (actual := calculate_md5(paths[name])) != expected_md5[name]:
+            raise DataError(f"MNIST file {name}{where} failed its checksum: expected MD5 {expected_md5[name]} (of the "
+                            f"uncompressed file) but got {actual} ({paths[name].stat().st_size:,} bytes); the file is corrupt, "
+                            f"truncated or not the original MNIST file. {how_to_fix}".strip())
 
 
 def _read(reader, paths: Mapping[str, Path], name: str, what: str) -> np.ndarray:
@@ -98,49 +77,37 @@ def _read(reader, paths: Mapping[str, Path], name: str, what: str) -> np.ndarray
         raise DataError(f"MNIST file {name} does not hold {what} ({exc}). Replace it with the original file.") from None
 
 
-def read_arrays(paths: Mapping[str, Path]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """The four checked IDX files as ``{"training": (images, labels), "testing": ...}``, read by
-    torchvision: images uint8 ``[N, 28, 28]``, labels uint8 ``[N]`` with values 0..9."""
+def read_arrays(paths: Mapping[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The four checked IDX files as {"training": (images, labels), "testing": ...}, read by
+    torchvision: images uint8 [N, 28, 28], labels uint8 [N] with values 0..9."""
     out = {}
-    for split, img_name, lbl_name in (
-        ("training", TRAIN_IMAGES, TRAIN_LABELS),
-        ("testing", TEST_IMAGES, TEST_LABELS),
-    ):
+    for split, img_name, lbl_name in (("training", TRAIN_IMAGES, TRAIN_LABELS), ("testing", TEST_IMAGES, TEST_LABELS)):
         images = _read(read_image_file, paths, img_name, "[N, 28, 28] unsigned-byte images")
         labels = _read(read_label_file, paths, lbl_name, "[N] unsigned-byte labels")
         if images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(
-                f"MNIST file {img_name} holds an array of shape {images.shape}; expected "
-                f"[N, 28, 28] images. Replace it with the original file."
-            )
+            raise DataError(f"MNIST file {img_name} holds an array of shape {images.shape}; expected [N, 28, 28] images. "
+                            "Replace it with the original file.")
         if len(labels) != len(images):
-            raise DataError(
-                f"MNIST files {img_name} ({len(images)} images) and {lbl_name} "
-                f"({len(labels)} labels) do not match. Replace them with the original files."
-            )
+            raise DataError(f"MNIST files {img_name} ({len(images)} images) and {lbl_name} ({len(labels)} labels) do not "
+                            "match. Replace them with the original files.")
         if len(labels) and int(labels.max()) > 9:
-            raise DataError(
-                f"MNIST file {lbl_name} has label {int(labels.max())}; labels must be 0..9. "
-                f"Replace it with the original file."
-            )
+            raise DataError(f"MNIST file {lbl_name} has label {int(labels.max())}; labels must be 0..9. Replace it with the "
+                            "original file.")
         out[split] = (images, labels.astype(np.uint8))
     return out
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-    """Encode a uint8 array as IDX bytes (big-endian header ``0x000008NN`` + dims); torchvision
-    reads IDX files but does not write them."""
+    """A uint8 array as IDX bytes (big-endian header 0x000008NN, then the dims): torchvision reads
+    IDX files but does not write them."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    return header + array.tobytes()
+    return struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape) + array.tobytes()
 
 
-def write_idx_files(files: Mapping[str, bytes], staging: str | Path) -> Dict[str, Path]:
-    """IDX bytes (name -> bytes) as files in ``staging``; returns name -> file."""
+def write_idx_files(files: Mapping[str, bytes], staging: str | Path) -> dict[str, Path]:
+    """IDX bytes (name -> bytes) as files in `staging`; returns name -> file."""
     staging = Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
-    paths = {}
     for name, data in files.items():
-        paths[name] = staging / name
-        paths[name].write_bytes(data)
-    return paths
+        (staging / name).write_bytes(data)
+    return {name: staging / name for name in files}

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -47,24 +46,20 @@ def _order(names: list[str], labels: list[int], rels: list[str]) -> list[int]:
     """Positions sorted by file name across classes, numbers by value (mnist_png's 0.png ... 59999.png),
     then by class; a plain integer key when every name is a number (the fast, common case)."""
     stems = [n.rsplit(".", 1)[0] for n in names]
-    n = len(stems)
     if all(stem.isdigit() for stem in stems):
         keys = [int(stem) * 1_000_003 + label for stem, label in zip(stems, labels)]
-        return sorted(range(n), key=keys.__getitem__)
-    keys = [((0, int(stem), name) if stem.isdigit() else (1, 0, name), label, rel)
-            for stem, name, label, rel in zip(stems, names, labels, rels)]
-    return sorted(range(n), key=keys.__getitem__)
+    else:
+        keys = [((0, int(stem), name) if stem.isdigit() else (1, 0, name), label, rel)
+                for stem, name, label, rel in zip(stems, names, labels, rels)]
+    return sorted(range(len(stems)), key=keys.__getitem__)
 
 
 def _class_files(folder: Path) -> list[tuple[str, os.DirEntry]]:
-    """(path relative to the class folder, entry) of every non-hidden file below it, as ImageFolder
-    walks it (sub-folders included)."""
+    """(path relative to the class folder, entry) of every non-hidden file below it, sub-folders included."""
     found, todo = [], [(folder, "")]
     while todo:
         path, prefix = todo.pop()
-        for e in os.scandir(path):
-            if e.name.startswith("."):
-                continue
+        for e in (e for e in os.scandir(path) if not e.name.startswith(".")):
             if e.is_dir():
                 todo.append((Path(e.path), f"{prefix}{e.name}/"))
             elif e.is_file():
@@ -90,13 +85,10 @@ def list_split(root: Path) -> SplitListing:
             else:
                 ignored.append(f"{cls}/{rel}")
         if len(entries) == n:
-            raise DataError(
-                f"The class folder {root / cls} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}). "
-                "Remove the empty folder or add its images."
-            )
+            raise DataError(f"The class folder {root / cls} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}). "
+                            "Remove the empty folder or add its images.")
         labels += [label] * (len(entries) - n)
-    # Ordered by file name across classes: mnist_png names files by their index in the IDX file, so
-    # this is MNIST's own order, classes interleaved, and a few batches are a fair sample.
+    # mnist_png names files by their index in the IDX file: by name is MNIST's own order, classes interleaved
     order = _order([e.name for e in entries], labels, rels)
     files = [rels[i] for i in order]
     stats = [entries[i].stat() for i in order]
@@ -107,9 +99,8 @@ def list_split(root: Path) -> SplitListing:
 
 
 def to_array(img: Image.Image, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
-    """(uint8 (channels, size, size) array, whether the colour mode was changed, whether it was
-    resized). Another size is resized (PIL's bilinear filter, antialiased when shrinking; a
-    non-square image is squeezed to a square, as torchvision's Resize((size, size)) does)."""
+    """(uint8 (channels, size, size) array, colour mode changed?, resized?). Another size is resized (PIL's bilinear,
+    antialiased when shrinking; a non-square image squeezed to a square, as torchvision's Resize((size, size)))."""
     mode = MODES[channels]
     converted, resized = img.mode != mode, img.size != (size, size)
     if resized:
@@ -129,10 +120,8 @@ def _read(path: Path, size: int, channels: int) -> tuple[np.ndarray, bool, bool]
 
 
 def _unreadable(path: Path, why: BadImage) -> DataError:
-    return DataError(
-        f"Cannot read the image {path}: {why}. Replace or delete it (or shrink it, if it is too large), "
-        "or set data.on_bad_image=skip to leave out every such file."
-    )
+    return DataError(f"Cannot read the image {path}: {why}. Replace or delete it (or shrink it, if it is too large), "
+                     "or set data.on_bad_image=skip to leave out every such file.")
 
 
 def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, bool]:
@@ -143,17 +132,10 @@ def decode(path: Path, size: int, channels: int = 1) -> tuple[np.ndarray, bool, 
         raise _unreadable(path, e) from None
 
 
-def decode_tensor(path: str, size: int, channels: int = 1) -> torch.Tensor:
-    """uint8 (channels, size, size) tensor of one image file: the classic ImageFolder path's
-    loader, which then yields exactly what the tensor path indexes."""
-    return torch.from_numpy(decode(Path(path), size, channels)[0].copy())
-
-
 def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threads: int | None = None,
                  on_bad_image: str = "error") -> DecodedSplit:
-    """Decode every image of a split into one (N, channels, size, size) uint8 array. A file that
-    cannot be read (not an image, truncated, over safe_image.MAX_PIXELS) stops it
-    (on_bad_image="error") or is left out and listed ("skip")."""
+    """Decode every image of a split into one (N, channels, size, size) uint8 array. A file that cannot be read
+    (not an image, truncated, over safe_image.MAX_PIXELS) stops it (on_bad_image="error") or is left out and listed ("skip")."""
     n = len(listing.files)
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     keep = np.ones(n, dtype=bool)
@@ -169,10 +151,8 @@ def decode_split(listing: SplitListing, size: int = 28, channels: int = 1, threa
                 raise _unreadable(path, e) from None
             keep[i], problems[i] = False, f"{path}: {e}"
 
-    # PIL releases the GIL while it inflates, decodes, converts and resizes, so threads use every
-    # core without the start-up and copying of worker processes.
+    # PIL releases the GIL while it decodes and resizes: threads use every core without worker processes' start-up
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
-        for _ in pool.map(work, range(n), chunksize=512):
-            pass
+        list(pool.map(work, range(n), chunksize=512))
     images = out if keep.all() else out[keep]
     return DecodedSplit(images, keep, tuple(problems[i] for i in sorted(problems)), int(converted[keep].sum()), int(resized[keep].sum()))

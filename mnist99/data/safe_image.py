@@ -13,19 +13,14 @@ from pathlib import Path
 
 from PIL import Image
 
-# At most 40 megapixels per picture. A digit needs few (MNIST's are 28x28, and every picture is
-# brought down to the model's size); a phone photo is 12 MP (48-50 MP only in a full-resolution
-# mode) and an A4 page scanned at 600 dpi 35 MP, so real pictures pass. One at the limit took
-# predict.py 210 MB more (a 40 MP RGBA PNG), whatever a file claims. PIL's own limit is 89 MP (a
-# warning; an error past 179 MP): before this check, a 144 MP PNG took predict.py to 1.8 GB.
+# Real pictures pass (a phone photo is 12 MP, 48-50 MP only in full-resolution mode; an A4 page at 600 dpi 35 MP);
+# one at the limit costs predict.py 210 MB more. PIL's own limit (89 MP, a warning) let a 144 MP PNG take 1.8 GB.
 MAX_PIXELS = 40_000_000
 
-# The formats of the suffixes mnist99 reads (a JPEG named .png is read all the same); a file of any
-# other format is not an image here (PIL would start Ghostscript for an EPS, for one).
+# Any other format is not an image here (PIL would start Ghostscript for an EPS); a JPEG named .png is read all the same.
 FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
 
-# catch_warnings swaps a process-wide list, so two threads (data folders decode in threads) must not
-# use it at once; it only guards reading a header, which holds Python's lock anyway.
+# catch_warnings swaps a process-wide list: one thread at a time (data folders decode in threads; headers only).
 _HEADER_LOCK = threading.Lock()
 
 
@@ -39,7 +34,11 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
     works). Raises BadImage when it is refused, or when decoding it inside the `with` fails (a
     truncated file is found only then)."""
     try:
-        with _open(path) as img:
+        # PIL's DecompressionBombWarning while it opens a picture over its limit would be noise: MAX_PIXELS refuses it
+        with _HEADER_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path, formats=FORMATS)
+        with opened as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise BadImage(f"too large: {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,}")
@@ -48,11 +47,3 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         raise BadImage(f"too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of {MAX_PIXELS:,}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # what PIL raises for a broken or truncated file
         raise BadImage(f"not a readable image ({type(e).__name__}: {e})") from None
-
-
-def _open(path: str | Path) -> Image.Image:
-    # PIL warns (DecompressionBombWarning) about a picture over its own limit while it opens it;
-    # MAX_PIXELS refuses that picture anyway, so the warning would only be noise on the console.
-    with _HEADER_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(path, formats=FORMATS)

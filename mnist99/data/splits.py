@@ -31,22 +31,17 @@ def find_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | No
 
 
 def class_folders(split: Path) -> tuple[str, ...]:
-    """A split's class names: its sub-folders, sorted, hidden ones left out; a label is a name's
-    position. A split without any is refused."""
+    """A split's class names: its sub-folders, sorted, hidden ones left out; a label is a name's position."""
     classes = tuple(sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith(".")))
     if not classes:
-        raise DataError(
-            f"{split} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
-            "with the images of that class in it. Check data.data_dir."
-        )
+        raise DataError(f"{split} holds no class folders: expected one sub-folder per class (0, 1, ..., 9 for MNIST; any names) "
+                        "with the images of that class in it. Check data.data_dir.")
     return classes
 
 
 def is_empty(folder: Path) -> bool:
     """True for a folder that does not exist or holds nothing but hidden entries (.gitkeep)."""
-    if not folder.exists():
-        return True
-    return folder.is_dir() and not any(not e.name.startswith(".") for e in os.scandir(folder))
+    return not folder.exists() or (folder.is_dir() and not any(not e.name.startswith(".") for e in os.scandir(folder)))
 
 
 def _count(folder: str) -> str:
@@ -76,9 +71,8 @@ def usable_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | 
     if splits is not None or (build_mnist and is_empty(data_dir)):
         return splits
     if build_mnist:
-        why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that "
-               "holds anything else. To train on this folder, arrange it so; to train on MNIST, point "
-               "data.data_dir at a new or empty folder")
+        why = ("mnist99 builds MNIST only in a folder that is missing or empty, and never writes into one that holds anything "
+               "else. To train on this folder, arrange it so; to train on MNIST, point data.data_dir at a new or empty folder")
     elif not data_dir.is_dir():
         why = "Point data.data_dir at your image folder"
     else:

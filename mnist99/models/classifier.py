@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -23,26 +22,18 @@ log = logging.getLogger(__name__)
 
 # What the schedules of conf/scheduler are called on the console, by the argument their length is given in.
 SCHEDULE_NAMES = {"total_steps": "one-cycle", "T_max": "cosine"}
-# Where conf/scheduler's schedules take the run's length, for configs saved before they said so
-# themselves (scheduler.steps_arg): resume= of a run made then.
-SAVED_STEPS_ARGS = {OneCycleLR: "total_steps", CosineAnnealingLR: "T_max"}
 
 
 def accuracy_and_loss(num_classes: int, prefix: str, loss: str = "loss") -> MetricCollection:
-    """`<prefix>acc` and `<prefix><loss>` (the mean loss per image) of an epoch. Updated with keywords:
-    each metric takes its own (accuracy: preds, target; the mean: value, weight)."""
+    """`<prefix>acc` and `<prefix><loss>` (the mean loss per image) of an epoch, updated with keywords."""
     metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"), loss: MeanMetric()}
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 
 class ClassifierBase(L.LightningModule):
-    """Accuracy (torchmetrics), loss and `val/acc_best` for train/val/test, logged as `split/name`.
-
-    Steps update one MetricCollection per split (a few tensor ops on the device, no host sync);
-    each is logged as metric objects once per epoch, which Lightning computes (synced across DDP
-    ranks) and resets. The per-step `train/loss` is a `self.log` every step (~0.5 ms of Python),
-    which Lightning writes to the logger every `trainer.log_every_n_steps` steps.
-    """
+    """Accuracy (torchmetrics), loss and `val/acc_best` for train/val/test, logged as `split/name`:
+    one MetricCollection per split, updated on the device each step (no host sync) and logged as
+    metric objects once an epoch, which Lightning computes (synced across DDP ranks) and resets."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -72,15 +63,12 @@ class ClassifierBase(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics)
         if not self.trainer.lr_scheduler_configs:
-            # LearningRateMonitor (callbacks.lr_monitor) logs a schedule's rate under its name,
-            # train/lr; without a schedule it is left out (build_callbacks) and the constant rate
-            # is train/lr here, once an epoch: a self.log every step costs ~0.5 ms, a third of a
-            # linear model's step.
+            # a constant rate, logged once an epoch (LearningRateMonitor logs a schedule's every step:
+            # ~0.5 ms a step, a third of a linear model's)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_start(self) -> None:
-        # The sanity check must not count towards the best validation accuracy.
-        self.val_acc_best.reset()
+        self.val_acc_best.reset()  # the sanity check does not count
         if self.trainer.ckpt_path:  # a resumed fit: said in one short line (Lightning's notices are off)
             note = self.plan_resumed_schedule()
             try:
@@ -90,8 +78,7 @@ class ClassifierBase(L.LightningModule):
             log.info("Resumed from %s at step %d (epoch %d)%s.", shown, self.trainer.global_step, self.trainer.current_epoch, note)
 
     def plan_resumed_schedule(self) -> str:
-        """A resumed fit's learning-rate schedule, once Lightning has restored it: nothing to plan
-        here (a constant rate); what was done, for the resume's line."""
+        """What a resumed fit does with its schedule, for the resume's line: a constant rate here."""
         return ""
 
     def validation_step(self, batch, batch_idx):
@@ -113,38 +100,23 @@ class ClassifierBase(L.LightningModule):
 
 
 class Classifier(ClassifierBase):
-    """Any `nn.Module` net, trained with a torch optimizer and an optional step-wise LR schedule.
+    """Any net trained with a torch optimizer and an optional step-wise LR schedule.
 
-    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the optimizer gets the
-    parameters; the scheduler gets the optimizer and the run's total number of steps, in the
-    argument its `steps_arg` keyword names (conf/scheduler: `total_steps` for OneCycleLR, `T_max`
-    for CosineAnnealingLR; none for a schedule without a length).
-    `decay_norm_and_bias=False` puts normalisation parameters and biases at weight decay 0
-    (`optimizer.decay_norm_and_bias`, see `param_groups`). `compile=True` compiles the net in
-    place when the trainer sets the model up (`configure_model`).
-
-    Training a finished run further (`resume=<run> trainer.max_epochs=N`, more steps than the
-    checkpoint's schedule spans): the added steps get a schedule of their own, a new one-cycle
-    (fastai's second `fit_one_cycle`) or a new cosine from `optimizer.lr` down to `eta_min`
-    (SGDR's warm restart), each over the added steps only; a constant rate stays as it was. A
-    run resumed to the end its schedule was made for continues that schedule unchanged (see
-    `plan_resumed_schedule`).
+    `net` is built here, given in_channels and num_classes (a partial, Hydra `_partial_: true`),
+    or passed built. `optimizer` gets the parameters; `scheduler` gets the optimizer and the run's
+    total steps in the argument its `steps_arg` names (conf/scheduler). `decay_norm_and_bias=False`
+    puts normalisation parameters and biases at weight decay 0 (`param_groups`). `compile=True`
+    compiles the net in place when the trainer sets the model up (`configure_model`). A run trained
+    further gets a schedule of its own over the added steps (`plan_resumed_schedule`).
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-3),
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        channels_last: bool = False,
-        label_smoothing: float = 0.0,
-        compile: bool = False,
-        decay_norm_and_bias: bool = True,
-    ):
+    def __init__(self, net: nn.Module | Callable[..., nn.Module],
+                 optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-3),
+                 scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None, in_channels: int = 1,
+                 num_classes: int = 10, channels_last: bool = False, label_smoothing: float = 0.0, compile: bool = False,
+                 decay_norm_and_bias: bool = True):
         super().__init__(num_classes)
-        self.net = net
+        self.net = net if isinstance(net, nn.Module) else net(in_channels=in_channels, num_classes=num_classes)
         self.decay_norm_and_bias = decay_norm_and_bias
         self.label_smoothing = label_smoothing
         self.optimizer_factory = optimizer
@@ -156,9 +128,8 @@ class Classifier(ClassifierBase):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def configure_model(self) -> None:
-        # nn.Module.compile compiles the net's forward in place: no wrapper module, so the
-        # checkpoints keep the plain net's keys (no `_orig_mod.`) and load with or without compile.
-        # Called once per trainer call (fit, then test): compiled once.
+        # in place: no wrapper module, so checkpoints keep the plain net's keys (no `_orig_mod.`);
+        # Lightning calls this for fit and again for test
         if self.compile_net and not getattr(self, "net_compiled", False):
             self.net.compile()
             self.net_compiled = True
@@ -198,19 +169,12 @@ class Classifier(ClassifierBase):
             self.resumed_schedule = (checkpoint.get("lr_schedulers") or [{}])[0]
 
     def plan_resumed_schedule(self) -> str:
-        """A resumed fit's schedule, once Lightning has restored it from the checkpoint.
-
-        The schedule ends at the step it was made for: at the step this fit is planned to end at
-        (a run resumed to its own end), it carries on unchanged, so that the resumed run takes the
-        same steps as one never stopped. Ending before (the run is trained further: a larger
-        trainer.max_epochs or max_steps), the added steps get a new schedule, made as
-        configure_optimizers makes one, over those steps only: a one-cycle's warm-up and annealing
-        (fastai's second fit_one_cycle), a cosine from optimizer.lr down again (SGDR's warm
-        restart). Without that, a one-cycle would fail at its first step past its end, and a
-        cosine would climb back towards its peak rate, where the run would end. A schedule of
-        another kind than the config's (the run was made with another scheduler, or none) is
-        replaced the same way, from this step to the end. Returns what was done, for the resume's line.
-        """
+        """A resumed fit's schedule, once Lightning has restored it; returns what was done, for the
+        resume's line. A run resumed to the step its schedule ends at carries on with it unchanged
+        (the same steps as an unstopped run). A run trained further (a larger trainer.max_epochs or
+        max_steps), or made with another kind of schedule, gets a new one over the added steps: a
+        one-cycle's warm-up and annealing (fastai's second fit_one_cycle), a cosine from optimizer.lr
+        down again (SGDR's warm restart); a one-cycle run past its end would fail at its next step."""
         saved, self.resumed_schedule = getattr(self, "resumed_schedule", None), None
         step, planned, key = self.trainer.global_step, self.planned_steps(), self.steps_arg
         if saved is None or step >= planned:
@@ -237,8 +201,7 @@ class Classifier(ClassifierBase):
         added = planned - step
         if not configs:
             return f"; training on to step {planned}: {added} more steps, with a constant learning rate of {optimizer.param_groups[0]['lr']:g}"
-        # at least 10 steps, as configure_optimizers: below that a one-cycle has no phases to
-        # speak of (smoke runs), and it then runs past the fit's end
+        # at least 10 steps, as configure_optimizers
         configs[0].scheduler = self.make_scheduler(optimizer, max(added, 10))
         lrs = [g["max_lr"] for g in optimizer.param_groups] if key == "total_steps" else configs[0].scheduler.get_last_lr()
         if key in SCHEDULE_NAMES:
@@ -253,7 +216,7 @@ def without_steps_arg(scheduler: Callable | None) -> tuple[Callable | None, str 
     argument in `steps_arg`, a key for the Classifier, taken out of the scheduler's own arguments."""
     keywords = dict(getattr(scheduler, "keywords", None) or {})
     if "steps_arg" not in keywords:
-        return scheduler, SAVED_STEPS_ARGS.get(getattr(scheduler, "func", scheduler))
+        return scheduler, None
     steps_arg = keywords.pop("steps_arg")
     return partial(scheduler.func, *scheduler.args, **keywords), steps_arg
 
@@ -282,15 +245,8 @@ class ScratchLinear(ClassifierBase):
     no weight decay), so `optimizer.lr=` means the same for this model as for every other.
     """
 
-    def __init__(
-        self,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=1.0),
-        in_channels: int = 1,
-        image_size: int = 28,
-        num_classes: int = 10,
-        init_std: float = 0.01,
-        decay_norm_and_bias: bool = True,  # nothing to choose: its plain SGD has no weight decay
-    ):
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=1.0), in_channels: int = 1,
+                 image_size: int = 28, num_classes: int = 10, init_std: float = 0.01):
         super().__init__(num_classes)
         self.automatic_optimization = False
         self.in_channels = in_channels

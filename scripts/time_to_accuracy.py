@@ -12,7 +12,14 @@ from typing import Iterable, Sequence
 
 import yaml
 
-from mnist99.figures import pyplot
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file only: never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass
