@@ -40,9 +40,8 @@ class Parts:
 
 
 def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> Parts:
-    """The datamodule (and the class count its folders give, found without reading them), the
-    model, the learning rate tune.lr_find suggests, then the loggers, the callbacks (`callbacks`
-    first) and the trainer. The Trainer prepares and sets up the data when it runs."""
+    """The datamodule (and the class count, found without reading the data: the Trainer prepares it),
+    the model, tune.lr_find's rate, the loggers, the callbacks (`callbacks` first), the trainer."""
     datamodule, num_classes = build_datamodule(cfg)
     cfg = with_found(cfg, num_classes)
     model, suggested = build_model(cfg), None
@@ -70,9 +69,8 @@ def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule of cfg.model, given what its class takes of the run's optimizer and
-    schedule (a model of the user's own may take none). A model.num_classes still null (a config
-    built outside a run) is counted as a run counts it."""
+    """The LightningModule of cfg.model, given what its class takes of the run's optimizer and schedule
+    (a model of the user's own may take none); a model.num_classes still null is counted from the data."""
     if cfg.model.get("num_classes", 0) is None:
         cfg = with_found(cfg, build_datamodule(cfg)[1])
     offered: dict[str, Any] = {"scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None}
@@ -98,10 +96,9 @@ def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int | None
         return datamodule, None
     classes = find()
     if wanted not in (None, len(classes)):
-        raise ConfigError(
-            f"model.num_classes={wanted} but {cfg.data.get('data_dir', cfg.data.get('_target_'))} holds {len(classes)} classes "
-            f"{list(classes)}; set model.num_classes={len(classes)}, or null to count them."
-        )
+        where = cfg.data.get("data_dir", cfg.data.get("_target_"))
+        raise ConfigError(f"model.num_classes={wanted} but {where} holds {len(classes)} classes "
+                          f"{list(classes)}; set model.num_classes={len(classes)}, or null to count them.")
     return datamodule, len(classes)
 
 
@@ -120,10 +117,9 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logger: bool = True) -> list[L.Callback]:
-    """`extra`, then the callbacks group's (one set to null is off). `extra` comes first so that
-    what it does at a hook (a signal sent, weights changed) is seen by the group's at that hook.
-    Left out: the progress bar and model summary where the trainer switches them off, and the
-    learning-rate monitor without a logger or a schedule (the module logs a constant rate itself)."""
+    """`extra` (first: what it does at a hook is seen by the group's at that hook), then the callbacks
+    group's; left out, those the trainer switches off and the learning-rate monitor without a logger or
+    a schedule (the module logs a constant rate itself)."""
     callbacks = list(extra) + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -135,9 +131,8 @@ def build_callbacks(cfg: DictConfig, extra: Sequence[L.Callback] = (), with_logg
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """The Trainer of cfg.trainer, kwargs and this job's share of the machine over its keys, with
-    Lightning's notices off, a logging interval that fits a short epoch and an uneven DDP test split
-    said in mnist99's words. The model summary is the callbacks group's (NetSummary)."""
+    """The Trainer of cfg.trainer (kwargs and this job's share of the machine over its keys), quiet, with
+    a logging interval that fits a short epoch; the model summary is the callbacks group's."""
     quiet_lightning()
     kwargs = {**machine.trainer_settings(cfg), **kwargs}
     callbacks = list(kwargs.pop("callbacks", None) or [])

@@ -1,7 +1,6 @@
-"""The first lines of the three commands, for train.py, eval.py, predict.py and the mnist99-train,
-mnist99-eval and mnist99-predict entry points alike. Loading a command takes half a second (Hydra,
-OmegaConf) before its own Ctrl-C handling is in place: a stop then ends here, in one line, instead
-of in a traceback. Only the standard library and mnist99.stopping are imported before that."""
+"""The first lines of the commands (train.py, eval.py, predict.py, the mnist99-* entry points): a stop
+in the half-second a command takes to load (Hydra, OmegaConf) ends here, in one line, not in a
+traceback. Only the standard library and mnist99.stopping are imported before that."""
 
 from __future__ import annotations
 

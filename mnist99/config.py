@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import logging
 import re
 from pathlib import Path
 
@@ -16,12 +15,9 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist99 import schema, trusted
 from mnist99.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# conf/ of the source tree (a checkout, or an editable install), else the copy a wheel installs
-# as mnist99/conf (pyproject.toml maps it there). An absolute path: Hydra would read a relative
-# one as a module path inside the package.
+# conf/ of a checkout (or an editable install), else the wheel's copy, mnist99/conf; absolute (Hydra
+# would read a relative path as a module path).
 _IN_TREE = PROJECT_ROOT / "conf"
 CONFIG_DIR = str(_IN_TREE if (_IN_TREE / "train.yaml").is_file() else Path(__file__).resolve().parent / "conf")
 
@@ -54,11 +50,8 @@ def mode(metric: str) -> str:
 
 
 def fastest_precision(accelerator: str = "auto") -> str:
-    """`bf16-mixed` where the hardware computes bfloat16 natively, else `32-true`.
-
-    A GPU with bfloat16 (Ampere or later) and a CPU with AVX-512 or AMX run bf16 autocast faster
-    than float32; on an AVX2 CPU oneDNN emulates it, and the same epoch takes about 5x longer
-    (measured on an AMD EPYC)."""
+    """`bf16-mixed` where the hardware computes bfloat16 natively (a GPU from Ampere on, a CPU with
+    AVX-512 or AMX), else `32-true`: emulated on an AVX2 CPU, an epoch takes about 5x longer."""
     import torch
 
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -67,22 +60,16 @@ def fastest_precision(accelerator: str = "auto") -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Does PyTorch run this CPU's kernels with AVX-512 (which AMX CPUs have too)? oneDNN's bf16
-    kernels need it; with AVX2 they are emulated."""
+    """Does PyTorch run this CPU's kernels with AVX-512 (AMX CPUs have it too), which oneDNN's bf16 needs?"""
     import torch
 
     return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def register_resolvers() -> None:
-    resolvers = {
-        "mnist99.new_folder": new_folder,
-        "mnist99.root": project_root,
-        "mnist99.folder_name": folder_name,
-        "mnist99.mode": mode,
-        "mnist99.direction": lambda metric: mode(metric) + "imize",
-        "mnist99.fastest_precision": fastest_precision,
-    }
+    resolvers = {"mnist99.new_folder": new_folder, "mnist99.root": project_root, "mnist99.folder_name": folder_name,
+                 "mnist99.mode": mode, "mnist99.direction": lambda metric: mode(metric) + "imize",
+                 "mnist99.fastest_precision": fastest_precision}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_resolver(name, resolver)
@@ -148,13 +135,8 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
 def group_options(config_dir: str = CONFIG_DIR) -> dict[str, list[str]]:
     """The config groups of config_dir and their options: {"model": ["cnn", "lenet", ...], ...}."""
     root = Path(config_dir)
-    if not root.is_dir():
-        return {}
-    return {
-        group.name: sorted(p.stem for p in group.glob("*.yaml"))
-        for group in sorted(root.iterdir())
-        if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
-    }
+    return {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in sorted(root.iterdir())
+            if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))} if root.is_dir() else {}
 
 
 def _closest(word: str, candidates: list[str]) -> list[str]:
@@ -222,12 +204,9 @@ def expand_shorthands(overrides: list[str]) -> list[str]:
 
 
 def unknown_override_keys(args: list[str], config_name: str = "train", config_dir: str = CONFIG_DIR) -> str | None:
-    """A message for `key=value` overrides whose key is not in the composed config, listing the
-    keys that are there (Hydra itself only says 'not in struct'); None when all keys exist.
-
-    Group choices (`model=mlp`) are composed first, so `model.net.hidden_size` is checked against
-    the chosen model. Appends (`+key=`) and deletions are left to Hydra.
-    """
+    """A message for `key=value` overrides whose key is not in the composed config, listing the keys
+    there (Hydra says only 'not in struct'); None when all exist. The group choices are composed first
+    (`model.net.hidden_size` is checked against the chosen model); `+key=` and `~key` are left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser

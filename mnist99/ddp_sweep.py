@@ -1,9 +1,7 @@
-"""DDP jobs inside a Hydra sweep (`python train.py -m trainer=ddp ...`).
-
-Lightning has no public API for running several DDP jobs one after another in one process, as a Hydra multirun does.
-What it takes lives here, and only here: the extra processes' command line, the exit codes of a finished job's
-processes, Lightning's child-process observer and the DDP environment variables Lightning leaves set. It reads
-Lightning internals, so it runs only on the Lightning versions it was tested with (TESTED_LIGHTNING), refusing others."""
+"""DDP jobs inside a Hydra sweep (`python train.py -m trainer=ddp ...`), which Lightning has no public API
+for: the extra processes' command line, a finished job's exit codes, Lightning's child-process observer
+and the DDP variables it leaves set. It reads Lightning internals, so only the versions it was tested
+with (TESTED_LIGHTNING) run it."""
 
 from __future__ import annotations
 
@@ -86,11 +84,10 @@ def drop_process_group() -> None:
 
 
 def end_job(saved: dict[str, str | None]) -> None:
-    """After a DDP job of a sweep, leave the process as the next job expects it: the job's other processes exited, no
-    process group (Lightning keeps its own) and the environment as before. Lightning's child-process observer kills this process (and the rest of the sweep) when one of the job's processes
-    exits with an error, even after the job is over. So: wait for them, read their exit codes here (a warning, not a
-    kill), leave the observer nothing to watch, then drop the process group. (An exit error was seen about once in 40
-    sweeps; its likely source, a process exiting with its group alive, is what drop_process_group() at exit avoids.)"""
+    """After a DDP job of a sweep, leave the process as the next job expects it: the job's processes
+    exited, no process group, the environment as before. Lightning's child-process observer kills this
+    process (and the sweep) when one of them exits with an error, even after the job: so their exit codes
+    are read here (a warning), and the observer is left nothing to watch."""
     children = [p for launcher in LAUNCHERS for p in getattr(launcher, "procs", None) or []]
     LAUNCHERS.clear()
     for proc in children:

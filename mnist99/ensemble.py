@@ -63,16 +63,12 @@ def check(cfg: DictConfig) -> tuple[int, list]:
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise ConfigError(f"ensemble.members={members!r} is impossible: it must be an integer of at least 1.")
     if members > 1 and "ddp" in str(cfg.trainer.get("strategy")):
-        raise ConfigError(
-            "An ensemble trains its members one after another in one process, which trainer=ddp cannot "
-            "do; use one device (trainer=default or trainer=gpu) with ensemble.members > 1."
-        )
+        raise ConfigError("An ensemble trains its members one after another in one process, which trainer=ddp cannot "
+                          "do; use one device (trainer=default or trainer=gpu) with ensemble.members > 1.")
     for s in shifts:
         if len(s) != 2 or not all(isinstance(v, int) and abs(v) <= 4 for v in s):
-            raise ConfigError(
-                f"ensemble.tta_shifts holds {list(s)!r}: each entry must be a [dy, dx] pair of whole pixels "
-                "between -4 and 4, e.g. [[0, 0], [1, 0], [0, 1]]."
-            )
+            raise ConfigError(f"ensemble.tta_shifts holds {list(s)!r}: each entry must be a [dy, dx] pair of whole pixels "
+                              "between -4 and 4, e.g. [[0, 0], [1, 0], [0, 1]].")
     return members, shifts
 
 

@@ -46,11 +46,10 @@ def run_config(stored: dict | None, run_dir: Path, ckpt: Path) -> DictConfig:
     elif (run_dir / "config.yaml").is_file():
         cfg, source = OmegaConf.load(run_dir / "config.yaml"), str(run_dir / "config.yaml")
     else:
-        raise ConfigError(
-            f"{ckpt} holds no config of its own (it was written before mnist99 stored one in every checkpoint), "
-            f"and its run's config.yaml is not with it ({run_dir / 'config.yaml'} does not exist). Pass "
-            "the run folder it came from (ckpt_path=<run dir>), or put it back in that folder's checkpoints/; "
-            "checkpoints written by this mnist99 carry their config and work alone.")
+        raise ConfigError(f"{ckpt} holds no config of its own (it was written before mnist99 stored one in every checkpoint), "
+                          f"and its run's config.yaml is not with it ({run_dir / 'config.yaml'} does not exist). Pass "
+                          "the run folder it came from (ckpt_path=<run dir>), or put it back in that folder's checkpoints/; "
+                          "checkpoints written by this mnist99 carry their config and work alone.")
     missing = [k for k in ("model", "data", "optimizer", "trainer") if not OmegaConf.is_dict(cfg.get(k))]
     if missing:
         raise ConfigError(f"{source} has no {', '.join(missing)} section: it is not the config of a run made by "

@@ -128,7 +128,8 @@ def friendly(e: BaseException) -> str | None:
     if isinstance(e, InstantiationException):
         if isinstance(e.__cause__, Mnist99Error):
             return str(e.__cause__)
-        return f"A config entry could not be built: {e}. Check the overrides of that group's keys (python train.py --cfg job prints the composed config)."
+        return (f"A config entry could not be built: {e}. Check the overrides of that group's keys (python train.py --cfg job "
+                "prints the composed config).")
     return None
 
 

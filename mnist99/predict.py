@@ -1,9 +1,6 @@
-"""Classify your own pictures with a trained run: one answer per image, named by the run's class
-folders, optionally a CSV (the library of `python predict.py`, mnist99.cli.predict).
-
-Any size and colour mode is brought to the training format: a digit is framed as MNIST frames its
-digits (mnist99/data/digit_image.py) for a run on MNIST (data=mnist); for a run on another folder
-(data=folder) each picture is converted and resized as its training images were."""
+"""Classify pictures with a trained run, an answer per image named by its class folders, optionally a
+CSV (`python predict.py`). A picture is framed as MNIST frames its digits (data/digit_image.py) for a
+run on MNIST, else converted and resized as the run's training images were."""
 
 from __future__ import annotations
 

@@ -29,9 +29,8 @@ def choices(cfg: DictConfig) -> dict[str, str]:
 
 
 def save_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> None:
-    """The resolved config as config.yaml in run_dir, with the group choices it was composed from:
-    what ran, written once before training. resume= composes it again; eval.py, predict.py and the
-    sweep summaries read it."""
+    """The resolved config as config.yaml in run_dir, with the group choices: what ran, written once
+    before training (resume=, eval.py, predict.py and sweep summaries read it)."""
     if rank_zero_only.rank != 0:
         return
     saved = OmegaConf.to_container(cfg, resolve=True)
@@ -58,7 +57,7 @@ class RunRecord(L.Callback):
         command = run_info.COMMAND or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         now = time.strftime("%Y-%m-%d %H:%M:%S")
         self.data: dict[str, Any] = {"status": "running", "command": command, "overrides": list(overrides),
-                                     "choices": self.choices, "started": now, "versions": run_info.versions()}
+                                     "choices": self.choices, "started": now, "versions": run_info.versions() if self.writes else {}}
         if earlier:  # a resumed run keeps what it was started with, and says when it went on
             self.data["overrides"] = earlier.get("overrides", self.data["overrides"])
             self.data["started"] = earlier.get("started", now)
@@ -92,8 +91,7 @@ class RunRecord(L.Callback):
         self.write()
 
     def discard(self) -> None:
-        """Leave no trace of a run refused before it trained: a new run's folder goes (it is not a
-        run that predict.py, eval.py or resume= should find), a resumed run's record is as before."""
+        """No trace of a run refused before it trained: a new run's folder goes, a resumed one's record is as before."""
         if not self.writes:
             return
         if self.earlier_text is not None:

@@ -1,11 +1,8 @@
-"""The keys each part of a run needs and the values they may take, checked once, at start-up.
-
-A section of the config (data, model, optimizer, scheduler, trainer) is checked by the rules of
-the part its `_target_` names: whatever option or experiment the keys came from, and for a run's
-saved config too (resume=). A part of mnist99 or torch that misses one of its keys is refused by
-name; a part of the user's own has no rules here, and carries only the keys its class takes.
-Nothing here imports torch but the GPU check, and only when a GPU is asked for.
-"""
+"""The keys each part of a run needs and the values they may take, checked once, at start-up: each
+section (data, model, optimizer, scheduler, trainer) by the rules of the part its `_target_` names,
+whatever option, experiment or saved config (resume=) the keys came from. A key of mnist99's or
+torch's part that is missing is refused by name; a part of the user's own has no rules here. No
+torch here but the GPU check."""
 
 from __future__ import annotations
 
@@ -21,10 +18,8 @@ from mnist99.errors import ConfigError
 
 @dataclass(frozen=True)
 class Rule:
-    """kind: number | integer (at least `low`, or greater than it with `above`), fractions (in
-    [0, 1), or a list of `count` of them), positive (greater than 0, or one per channel), switch
-    (true or false), choice (one of `options`), given (anything but null), accelerator (a GPU only
-    where there is one)."""
+    """kind: number | integer (at least `low`, or above it), fractions (in [0, 1), or `count` of them),
+    positive (> 0, or one per channel), switch, choice (of `options`), given (not null), accelerator."""
 
     kind: str
     low: float = 0
@@ -111,8 +106,7 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_datamodule(values: Mapping[str, Any]) -> None:
-    """The datamodule's own arguments (data.<key> -> value), by the same rules and words, for a
-    datamodule built from Python too."""
+    """The datamodule's arguments (<key> -> value) by the same rules and words: one built from Python too."""
     rules = PARTS[DATAMODULE]
     refuse([(f"data.{k}", rules[k], v) for k, v in values.items() if k in rules])
     refuse_channels(values.get("channels"), values.get("model_channels"))
@@ -191,5 +185,4 @@ def no_gpu_message(asked: str) -> str:
         f"{asked} asks for a GPU, but PyTorch sees no CUDA device on this machine "
         f"(torch {torch.__version__}, torch.cuda.is_available() is False). Run on the CPU with "
         "trainer.accelerator=cpu (or leave it at auto), or run on a machine with an NVIDIA GPU and a "
-        "CUDA build of PyTorch."
-    )
+        "CUDA build of PyTorch.")

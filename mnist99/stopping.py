@@ -1,12 +1,8 @@
-"""Ctrl-C or SIGTERM outside a training step (where GracefulStop saves the whole state and stops):
-while the training stack loads, MNIST is built, the data is set up, the test runs, or asked twice.
-
-SIGTERM (a scheduler's time limit, `kill`, `docker stop`) is made to raise Terminated, a
-KeyboardInterrupt, so both take Ctrl-C's way out, on which Lightning, the PNG writers and the
-cleanups end cleanly. Lightning answers one inside `fit` or `test` with `sys.exit(1)`, without a
-word; `stop_signal` sees through that. Every stop then ends alike (mnist99.pipeline): one
-paragraph, status 128 + the signal (130, 143), run.yaml saying `interrupted`, or no run folder when
-nothing was trained. No torch here: the command line uses it while the stack still loads."""
+"""Ctrl-C or SIGTERM outside a training step (where GracefulStop saves the state): while the stack
+loads, MNIST is built, the data is set up, the test runs, or asked twice. SIGTERM (a scheduler's time
+limit, `kill`) raises Terminated, a KeyboardInterrupt, so both end as Ctrl-C does; Lightning answers
+one inside `fit` or `test` with `sys.exit(1)`, which `stop_signal` sees through. Every stop ends in one
+paragraph and status 128 + the signal (mnist99.pipeline). No torch here: the stack may still load."""
 
 from __future__ import annotations
 

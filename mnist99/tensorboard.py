@@ -40,16 +40,11 @@ def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
 
 
 def write_hparams_events(log_dir: str | Path, params: dict) -> Path:
-    """The hparams summary in an event file of its own in `log_dir`, declaring HPARAM_METRICS
-    (0.0 only names them: no value is logged), written with torch's public RecordWriter.
-
-    TensorBoard reads every event file of a folder as one run, so the HPARAMS tab shows these
-    settings with the run's real metrics. The file is named to sort before the run's own event files
-    ("events.out.tfevents.<seconds>..."): TensorBoard follows only the last file of a folder, in name
-    order, as a run writes it, and must keep following the run's scalars. Written again (replaced)
-    when a run is resumed. SummaryWriter.add_hparams would make a separate run holding placeholder
-    metric values, and Lightning's log_hyperparams(params, metrics) logs them as scalars at step 0.
-    """
+    """The hparams summary in an event file of its own in `log_dir`, declaring HPARAM_METRICS (0.0
+    only names them), with torch's RecordWriter. TensorBoard reads a folder's event files as one run,
+    so the HPARAMS tab shows the run's real metrics (add_hparams would make a run of placeholder
+    values); the name sorts before the run's own files, since TensorBoard follows only a folder's
+    last file as it is written. Replaced when a run is resumed."""
     folder = Path(log_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path, partial = folder / HPARAMS_EVENTS, folder / "hparams.events.partial"  # not a "tfevents" name: unread

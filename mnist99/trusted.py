@@ -1,12 +1,9 @@
-"""What a config may build. A config is data from elsewhere (a colleague's run folder, a checkpoint,
-an experiment file) whose `_target_`s name callables that `instantiate` calls; without a rule it
-could name one that writes files (`torch.save`, `numpy.savetxt`).
-
-Allowed: mnist99's parts, found by a rule read from the source without importing it (a class
-defined in the mnist99 package whose bases lead to a torch module, a LightningModule or
-LightningDataModule, a callback, a logger or a log formatter; its plain functions stay refused),
-the libraries' families below, and what the user allows on purpose in MNIST99_ALLOW_TARGETS.
-Light: no torch."""
+"""What a config may build. A config is data from elsewhere (a run folder, a checkpoint, an experiment
+file) whose `_target_`s name callables; without a rule it could name one that writes files
+(`torch.save`). Allowed: mnist99's parts, by a rule read from the source without importing it (a
+class of the mnist99 package whose bases lead to a torch module, a LightningModule or DataModule, a
+callback, a logger or a log formatter: its functions stay refused), the libraries' families below,
+and what the user allows on purpose in MNIST99_ALLOW_TARGETS. No torch here."""
 
 from __future__ import annotations
 
@@ -48,9 +45,8 @@ def user_targets() -> tuple[str, ...]:
 
 
 def allowed(cfg: Any = None) -> tuple[str, ...]:
-    """An execution whitelist for Hydra: the libraries' families, the user's own, and the parts of
-    mnist99 that `cfg` names, interpolations followed (Hydra then refuses any other name of mnist99,
-    with the key that names it)."""
+    """An execution whitelist for Hydra: the libraries' families, the user's own, and the parts of mnist99
+    `cfg` names (interpolations followed); Hydra refuses any other name, with its key."""
     return (*LIBRARIES, *user_targets(), *(t for _, t in named(cfg, follow=True) if t.startswith("mnist99.") and is_part(t)))
 
 
@@ -91,8 +87,7 @@ def _dotted(expr: ast.expr, names: dict[str, str], module: str) -> str | None:
 
 
 def is_part(target: str, seen: frozenset = frozenset()) -> bool:
-    """Is `target` a class of mnist99 whose bases lead to one of PART_BASES (followed through
-    mnist99's own classes and a package's re-exports)?"""
+    """Is `target` a class of mnist99 whose bases lead to PART_BASES (through mnist99's classes and re-exports)?"""
     module, _, name = target.rpartition(".")
     found = _module(module) if module.startswith("mnist99") and target not in seen else None
     if found is None:
@@ -150,13 +145,12 @@ def paragraph(target: str, key: str) -> str:
         "A config read from a run folder, a checkpoint or an experiment file may name only mnist99's own classes (its nets, "
         "models, data, callbacks), torch's optimizers and schedulers, and Lightning's trainer, callbacks, loggers and "
         "profilers (mnist99/trusted.py). If the config is not yours, do not use it. If the target is code of your own that "
-        f"you trust, allow it on purpose: {ENV}={target} (comma-separated; pkg.* allows a package) before the command."
-    )
+        f"you trust, allow it on purpose: {ENV}={target} (comma-separated; pkg.* allows a package) before the command.")
 
 
 def instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate with an execution whitelist of the parts `cfg` names that the rule
-    allows; anything else is refused by Hydra before it is called, here in one paragraph."""
+    """hydra.utils.instantiate, whitelisting the parts `cfg` names that the rule allows: anything else is
+    refused before it is called, in one paragraph."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 

@@ -10,14 +10,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class EMA(L.Callback):
-    """An exponential moving average of the weights and BatchNorm buffers (torch's AveragedModel, its foreach update),
-    taken every `every_n_steps` optimizer steps from `start_step` on (earlier weights are far from their final values),
-    and validated, saved and tested in place of the raw weights. Until averaging starts, the raw weights are the model.
-
-    Checkpoints are laid out as Lightning's WeightAveraging lays them out, so eval, predict and ensembles read the average:
-    `state_dict` holds the averaged weights, `current_model_state` the raw ones and `averaging_state` the average's count;
-    one saved before averaging started holds the raw weights alone. (WeightAveraging itself offers no public way to know
-    that the average has started or to reach it, and its loading puts the raw weights back into a tested model.)"""
+    """An exponential moving average of the weights and BatchNorm buffers (torch's AveragedModel), taken
+    every `every_n_steps` optimizer steps from `start_step` on, validated, saved and tested in place of the
+    raw weights (which are the model until averaging starts). Checkpoints are laid out as Lightning's
+    WeightAveraging lays them out (`state_dict` the average, `current_model_state` the raw weights,
+    `averaging_state` its count); WeightAveraging itself has no public way to reach the average."""
 
     def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1):
         if not 0 < decay < 1 or start_step < 0 or every_n_steps < 1:

@@ -19,11 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class ErrorAnalysis(L.Callback):
-    """What the model got wrong on the test set: the confusion matrix and the `top_losses` test images with the highest
-    loss. After each test, both figures go to TensorBoard's IMAGES tab (`test/confusion_matrix`, `test/top_losses`) and,
-    with `output_dir`, to confusion_matrix.png and top_losses.png; `self.result` holds the numbers (per-class accuracy,
-    the matrix, the top losses). Keeps only a running top-k per batch (never every test image); under DDP the matrix is
-    summed and the candidates gathered across ranks, and rank 0 draws."""
+    """What the model got wrong on the test set: the confusion matrix and the `top_losses` images with the
+    highest loss, drawn into TensorBoard's IMAGES tab and (`output_dir`) confusion_matrix.png and
+    top_losses.png; `self.result` holds the numbers. A running top-k per batch; under DDP the matrix is
+    summed and the candidates gathered, and rank 0 draws."""
 
     def __init__(self, output_dir: str | None = None, top_losses: int = 9):
         if top_losses < 0:

@@ -47,11 +47,9 @@ def layers(net: nn.Module, max_depth: int) -> list[tuple[str, nn.Module]]:
 
 
 def summary_lines(model: nn.Module, in_channels: int = 1, image_size: int = 28, max_depth: int = 1) -> list[str]:
-    """The model in a few lines: its net's layers `max_depth` deep (those with neither parameters nor multiply-adds,
-    such as ReLU, pooling and Flatten, named at the end instead), each with its parameters, multiply-adds per image and
-    output shape, and the totals. A model without a `net` (linear_scratch) shows its own parameters. Multiply-adds are
-    counted as nets.count_macs counts them (convolutions and matrix products, one image), by torch's FlopCounterMode,
-    so matrix products written out (x @ w) count too."""
+    """The model in a few lines: its net's layers `max_depth` deep, each with its parameters, multiply-adds
+    per image (torch's FlopCounterMode: written-out matrix products count too) and output shape, those
+    with neither named at the end, and the totals; a model without a `net` shows its own parameters."""
     net = getattr(model, "net", None)
     net = net if isinstance(net, nn.Module) else model
     params = list(net.parameters())

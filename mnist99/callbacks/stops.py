@@ -18,11 +18,9 @@ from mnist99.stopping import stopped_by
 
 
 class StopOnDivergence(L.Callback):
-    """Stops a run whose training loss diverged, naming the step and the likely cause. Diverged: a loss that is not a
-    finite number (stopped at that step), or a running mean of the loss (about the last 10 steps) above `explode_factor`
-    times a random guess's loss, ln(num_classes): 115 for MNIST, where a sane run stays below 3 after its first steps.
-    Checked every step when the loss is on the CPU; on a GPU every `gpu_every_n_steps` steps, since reading the loss
-    makes the CPU wait for the GPU. Checkpoints already written stay as they are."""
+    """Stops a run whose training loss diverged, naming the step and the likely cause: a loss that is not
+    finite, or a running mean (about 10 steps) above `explode_factor` times a random guess's, ln(classes).
+    Checked every step on a CPU, every `gpu_every_n_steps` on a GPU (reading the loss waits for it)."""
 
     def __init__(self, lr: float | None = None, explode_factor: float = 50.0, gpu_every_n_steps: int = 10):
         self.lr, self.explode_factor, self.gpu_every_n_steps = lr, explode_factor, gpu_every_n_steps

@@ -24,11 +24,10 @@ HYDRA_WHITELIST = trusted.allowed(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "d
 
 
 def setup_process(quiet_lightning: bool = False) -> None:
-    """What every command does once before Hydra starts: mnist99's resolvers, and silence for
-    warnings that say nothing to a user of this project (and, for eval and predict, for
-    Lightning's start-up notices; a training run's trainer does that itself)."""
+    """Once before Hydra starts: mnist99's resolvers, SIGTERM as Ctrl-C, no pointless warnings (and, for
+    eval and predict, none of Lightning's notices: a training run's trainer silences them itself)."""
     register_resolvers()
-    stop_on_sigterm()  # a scheduler's SIGTERM ends a command as Ctrl-C does, in one paragraph (mnist99.stopping)
+    stop_on_sigterm()
     if quiet_lightning:
         console.quiet_lightning()
     else:
@@ -72,11 +71,8 @@ def versions_line() -> str:
 
 
 def print_help(config_dir: str = CONFIG_DIR) -> None:
-    """`--help` as Hydra prints it from the app's help template (conf/hydra/default.yaml), its
-    $APP_CONFIG_GROUPS listed straight from the config folders: Hydra builds that list by
-    composing each group, a second of work for an answer a user waits on."""
-    from omegaconf import OmegaConf
-
+    """`--help` as Hydra prints it from the help template (conf/hydra/default.yaml), its groups listed
+    from the config folders: Hydra composes each group for the list, a second a user waits for."""
     template = OmegaConf.load(Path(config_dir) / "hydra" / "default.yaml").help.template
     groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in group_options(config_dir).items())
     print(string.Template(template).safe_substitute(APP_CONFIG_GROUPS=groups))  # as Hydra fills it ($$ is $)
@@ -101,9 +97,8 @@ def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def checked_argv(argv: list[str], config_name: str, check_values: bool = False) -> list[str]:
-    """argv with the shorthands expanded (trainer.gpus=N), or a one-paragraph exit for an unknown
-    group option, a misspelt key or, with check_values, an impossible value: all before Hydra
-    makes a run folder, and without the training stack."""
+    """argv with trainer.gpus=N expanded, or a one-paragraph exit for an unknown option, a misspelt key
+    or, with check_values, a config that cannot run: before Hydra makes a folder, without torch."""
     argv = [argv[0], *expand_shorthands(argv[1:])]
     flags, overrides = split_argv(argv[1:])
     if "--version" in flags:

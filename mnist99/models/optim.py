@@ -11,10 +11,8 @@ from mnist99.trusted import instantiate
 
 # Layers whose parameters are scales and shifts of normalised activations: decaying them towards
 # zero fights the normalisation instead of regularising the model.
-NORM_LAYERS = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-)  # fmt: skip
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def optimizer_from_config(cfg: DictConfig) -> tuple[partial, bool]:
@@ -40,8 +38,6 @@ def param_groups(module: nn.Module, decay_norm_and_bias: bool = True) -> list[di
         elif isinstance(getattr(m, "bias", None), nn.Parameter):
             exempt.add(id(m.bias))
     # named: LearningRateMonitor logs each group's rate as train/lr/<name>
-    groups = [
-        {"params": [p for p in params if id(p) not in exempt], "name": "decay"},
-        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0, "name": "no_decay"},
-    ]
+    groups = [{"params": [p for p in params if id(p) not in exempt], "name": "decay"},
+              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]
