@@ -84,17 +84,14 @@ def validate(cfg: DictConfig, data: bool = True) -> None:
     from hydra.types import RunMode
 
     from mnist99 import ddp_sweep
-    from mnist99.data.splits import class_folders, usable_splits
+    from mnist99.data.splits import folder_classes
 
     try:
         schema.check(cfg)
         trusted.check_targets(cfg)
         folder = cfg.data
-        if data and folder.get("_target_") == schema.DATAMODULE:  # the datamodule refuses it in the same words, later
-            named = [None if v is None else str(v) for v in (folder.data_dir, folder.get("train_dir"), folder.get("test_dir"))]
-            splits = usable_splits(*named, bool(folder.get("build_mnist", True)))
-            if splits is not None:
-                class_folders(splits[0])
+        if data and folder.get("_target_") == schema.DATAMODULE:  # as the datamodule would, seconds later
+            folder_classes(folder.data_dir, folder.get("train_dir"), folder.get("test_dir"), bool(folder.get("build_mnist", True)))
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             ddp_sweep.check_supported(cfg)
     except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from mnist99 import schema
 from mnist99.data.cache import load_split
-from mnist99.data.splits import class_folders, find_splits, usable_splits
+from mnist99.data.splits import find_splits, folder_classes, usable_splits
 from mnist99.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     def find_classes(self) -> tuple[str, ...]:
         """The class names, found without reading an image or writing anything (the model is sized before
         the Trainer prepares the data): the training split's class folders, or MNIST's ten to be built."""
-        splits = usable_splits(self.data_dir, self.train_dir, self.test_dir, self.build_mnist)
-        if splits is not None:
-            return class_folders(splits[0])
         from mnist99.data.prepare import MNIST_CLASSES
 
-        return MNIST_CLASSES
+        return folder_classes(self.data_dir, self.train_dir, self.test_dir, self.build_mnist) or MNIST_CLASSES
 
     def prepare_data(self) -> None:
         """Build MNIST's PNG tree where meant (`build_mnist`, the folder missing or empty), else refuse a

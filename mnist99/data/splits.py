@@ -66,7 +66,8 @@ def usable_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | 
     """(training split, test split) of `data_dir`; None where MNIST is to be built there (`build_mnist`
     and the folder missing or empty). Any other folder is refused, saying what it holds. Reads no
     image and imports nothing heavy: the command line asks it before the training stack loads."""
-    data_dir = Path(data_dir).expanduser()
+    data_dir = Path(str(data_dir)).expanduser()  # a folder named 5 comes from Hydra as a number
+    train_dir, test_dir = (None if d is None else str(d) for d in (train_dir, test_dir))
     splits = find_splits(data_dir, train_dir, test_dir)
     if splits is not None or (build_mnist and is_empty(data_dir)):
         return splits
@@ -79,3 +80,11 @@ def usable_splits(data_dir: Path, train_dir: str | None = None, test_dir: str | 
         why = "Arrange it so, or name its splits with data.train_dir=... data.test_dir=..."
     raise DataError(f"{data_dir} holds {describe(data_dir)}, but no training and test split: expected {LAYOUTS}, "
                     f"each with one sub-folder of images per class (data.train_dir / data.test_dir name other splits). {why}.")
+
+
+def folder_classes(data_dir: Path, train_dir: str | None = None, test_dir: str | None = None,
+                   build_mnist: bool = False) -> tuple[str, ...] | None:
+    """The class folders of `data_dir`'s training split, None where MNIST is to be built there; a folder
+    it cannot use is refused (usable_splits). The datamodule and the start-up check ask it alike."""
+    splits = usable_splits(data_dir, train_dir, test_dir, build_mnist)
+    return None if splits is None else class_folders(splits[0])
