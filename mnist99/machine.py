@@ -24,13 +24,17 @@ def launcher() -> tuple[str, DictConfig | None]:
 
 
 def share_cpu() -> None:
-    """Under hydra/launcher=joblib with n_jobs=N, each job gets cores/N threads (N jobs each
+    """Under hydra/launcher=joblib with N jobs at once (the launcher's n_jobs, or the Optuna sweeper's
+    if fewer), each job gets cores/N threads (N jobs each
     running every core's worth of threads slow each other down); under submitit, cpus_per_task."""
     target, hc = launcher()
     cores = os.cpu_count() or 1
     if "JoblibLauncher" in target:
         n = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
-        torch.set_num_threads(max(1, cores // (cores if n < 0 else n)))
+        n = cores if n < 0 else n
+        if "StudySweeper" in str(OmegaConf.select(hc, "sweeper._target_", default="")):  # it launches n_jobs trials at a time
+            n = min(n, OmegaConf.select(hc, "sweeper.n_jobs", default=n) or n)
+        torch.set_num_threads(max(1, cores // n))
     elif "Submitit" in target:
         cpus = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
         if cpus:

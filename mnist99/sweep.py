@@ -17,11 +17,12 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist99.job_names import LOCATION_KEYS
+
 log = logging.getLogger("mnist99")
 
 FAILED = ("failed", "diverged", "crashed")
-# Overrides that say where, not what: left out of the summary's job descriptions.
-LOCATION_KEYS = ("paths.", "data.data_dir", "data.source", "trainer.devices", "trainer.accelerator", "hydra.")
+SEARCH_PICTURES = {"optuna_history.png": "optimization history", "optuna_importances.png": "parameter importances"}
 COLUMNS = ["job", "overrides", "status", "val/acc_best", "test/acc", "reference", "epochs", "wall_s", "error"]
 
 
@@ -121,6 +122,9 @@ def markdown(sweep_dir: Path, rows: list[dict]) -> str:
             cell = lambda m, f: f.format(*g[m]) if m in g else ""  # noqa: E731
             lines.append(f"| {g['overrides']} | {', '.join(map(str, g['seeds']))} | {cell('test/acc', '{:.2%} ± {:.2%}')} "
                          f"| {cell('val/acc_best', '{:.2%} ± {:.2%}')} | {cell('wall_s', '{:.1f}')} |")
+    searched = [f"![{what}]({file})" for file, what in SEARCH_PICTURES.items() if (Path(sweep_dir) / file).is_file()]
+    if searched:  # an Optuna search's pictures (mnist99.study), of the whole study
+        lines += ["", "The study, all its workers' trials:", "", *searched]
     return "\n".join(lines) + "\n"
 
 

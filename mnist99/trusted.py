@@ -27,7 +27,8 @@ LIBRARIES = (
     "lightning.pytorch.profilers.*",
     "optuna.samplers.*",  # hparams_search=optuna
     "optuna.pruners.*",
-    "hydra_plugins.mnist99_search.ResumableOptunaSweeper",
+    "hydra_plugins.mnist99_search.GridSweeper",  # every -m
+    "hydra_plugins.mnist99_search.StudySweeper",
 )
 # A part's class has one of these among its ancestors (names as mnist99's modules import them).
 PART_BASES = ("torch.nn.", "lightning.LightningModule", "lightning.LightningDataModule", "lightning.Callback",

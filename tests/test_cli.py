@@ -71,7 +71,7 @@ def test_multirun_two_jobs(tiny_tree, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = only((tmp_path / "multirun").iterdir())
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == [f"{i}_data.val_size=60,model={m},trainer.max_epochs=1" for i, m in enumerate(["linear", "mlp"])]
+    assert jobs == ["0_model=linear", "1_model=mlp"]  # what varies: the shared overrides stay in config.yaml
     for job in jobs:
         assert yaml.safe_load((sweep / job / "run.yaml").read_text())["status"] == "completed"
     assert proc.stdout.count("mnist99: task=") == 2

@@ -74,10 +74,11 @@ def test_summarize_script_and_its_error(sweep, tmp_path):
 
 
 def test_multirun_summarises_and_counts_failed_jobs(tiny_tree, tmp_path):
-    """A real sweep with one impossible job: the others finish, the summary is written, exit status 1."""
+    """A real sweep with one impossible job: the others finish, the summary is written, and the sweep exits with
+    3, the code for "some jobs failed" (not 2, a command refused at start-up)."""
     proc = run_in_process("train", "-m", f"data.data_dir={tiny_tree}", "data.val_size=60", "trainer.max_epochs=1", "model=linear",
                    "data.batch_size=32,0", f"paths.log_dir={tmp_path}", "trainer.enable_progress_bar=false")
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
     rows = {r["job"].split("_")[0]: r for r in csv.DictReader((sweep / "summary.csv").open())}
     assert "data.data_dir" not in rows["0"]["overrides"] and "data.batch_size=32" in rows["0"]["overrides"]

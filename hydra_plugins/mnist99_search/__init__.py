@@ -1,49 +1,74 @@
-"""`hparams_search=optuna`: hydra-optuna-sweeper's Optuna sweeper, resumable to a total.
-
-With a storage URL (`hydra.sweeper.storage=sqlite:///outputs/optuna.db`) the study outlives the
-command. Started again with the same command, the search runs only the trials still missing to
-reach `hydra.sweeper.n_trials` in total, instead of that many more.
-"""
+"""mnist99's two sweepers. `GridSweeper` (every `-m`) is Hydra's basic sweeper with readable job folder
+names; `StudySweeper` (`hparams_search=optuna`) is hydra-optuna-sweeper's, with a study shared by any
+number of workers (mnist99/study.py). Hydra imports this module at every start-up: nothing heavy here."""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-log = logging.getLogger("mnist99")
 
+class GridSweeper(BasicSweeper):
+    """Every combination, as Hydra's basic sweeper runs them; a job's folder holds its number and the
+    overrides that vary across the sweep (mnist99.job_names)."""
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    def __init__(self, *, storage: Any, study_name: str | None, n_trials: int, **kwargs: Any) -> None:
-        if storage and study_name:
-            done = finished_trials(str(storage), study_name)
-            if done:
-                log.info("Study %s already has %d finished trials; running %d more to reach n_trials=%d.",
-                         study_name, done, max(n_trials - done, 0), n_trials)
-            n_trials = max(n_trials - done, 0)
-        super().__init__(storage=storage, study_name=study_name, n_trials=n_trials, **kwargs)
-
-    def sweep(self, arguments: list[str]) -> None:
-        # A finished study runs no job, and so no job makes the sweep folder that the best
-        # parameters (optimization_results.yaml) are written to.
-        Path(self.sweeper.sweep_dir).mkdir(parents=True, exist_ok=True)
+    def sweep(self, arguments: list[str]) -> Any:
+        params = [f"{k!s}={v}" for k, v in (self.params or {}).items()]  # the sweeper's own params, as Hydra's reads them
+        parsed = OverridesParser.create().parse_overrides(params + list(arguments))
+        self.varying = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+        self.job_number = 0
         return super().sweep(arguments)
 
+    def get_job_batch(self) -> list[list[str]]:
+        from mnist99.job_names import job_name, subdir_override
 
-def finished_trials(storage: str, study_name: str) -> int:
-    """Trials of a stored study that ran to an end (complete or pruned). Trials left RUNNING by a
-    search that was killed are marked failed, so samplers ignore them; they were never evaluated,
-    and like failed ones they are not counted."""
-    import optuna  # here, not at the top: Hydra imports plugin modules at every start-up
-    from optuna.trial import TrialState
+        named = []
+        for overrides in super().get_job_batch():
+            named.append([*overrides, subdir_override(job_name(self.job_number, overrides, self.varying))])
+            self.job_number += 1
+        return named
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no such study yet
-        return 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+@dataclass
+class GridSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.mnist99_search.GridSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mnist99_grid", node=GridSweeperConf, provider="mnist99")
+
+
+@dataclass
+class StudySweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.mnist99_search.StudySweeper"
+    # a running trial's worker beats every heartbeat_interval seconds; after grace_period seconds
+    # without one, another worker fails the trial and runs it again (at most max_retry times)
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retry: int = 3
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mnist99_optuna", node=StudySweeperConf, provider="mnist99")
+
+
+class StudySweeper(OptunaSweeper):
+    def __init__(self, *, sampler: Any, heartbeat_interval: int, grace_period: int, max_retry: int, **kwargs: Any) -> None:
+        super().__init__(sampler=sampler, **kwargs)
+        self.settings = {"sampler": sampler, "heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
+                         "max_retry": max_retry}
+
+    def sweep(self, arguments: list[str]) -> None:
+        from mnist99.cli import fail
+        from mnist99.errors import ConfigError
+        from mnist99.study import search
+
+        try:
+            search(self.sweeper, arguments, self.settings)
+        except (ConfigError, HydraException) as e:  # a storage that cannot be opened, a bad search space
+            fail(str(e))

@@ -20,7 +20,12 @@ from mnist99.cli import HYDRA_WHITELIST, checked_argv, fail, print_help, setup_p
 from mnist99.config import CONFIG_DIR, group_options, new_folder
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.stopping import before_training, stop_signal, stopped_by
+from mnist99.study_storage import masked, password_to_env
 from mnist99.sweep import LAST_SWEEP
+
+# The exit status of a sweep that ran to its end with some jobs failed or diverged; 2 is a command refused
+# at start-up (or a single run that failed), 130 and 143 a stop by Ctrl-C and SIGTERM.
+SOME_JOBS_FAILED = 3
 
 log = logging.getLogger("mnist99")
 
@@ -36,7 +41,9 @@ def main() -> None:
     LAST_SWEEP.jobs = LAST_SWEEP.failed = 0
     new_folder.cache_clear()
     sys.argv = ddp_sweep.child_argv(sys.argv)
-    run_info.COMMAND = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # as typed, before resume_argv
+    # as typed (before resume_argv), a storage URL's password hidden; that password moves to the environment
+    run_info.COMMAND = masked(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    sys.argv = password_to_env(sys.argv)
     sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     try:
         try:
@@ -52,8 +59,8 @@ def main() -> None:
         print(f"\nmnist99: {message}\n", file=sys.stderr)
         sys.exit(128 + signum)
     ddp_sweep.drop_process_group()  # every DDP process leaves with its group closed: exiting with it alive can fail
-    if LAST_SWEEP.failed:  # a sweep's exit status is the number of its failed jobs
-        sys.exit(min(LAST_SWEEP.failed, 125))
+    if LAST_SWEEP.failed:  # some jobs of the sweep failed or diverged (its summary says which)
+        sys.exit(SOME_JOBS_FAILED)
 
 
 def job(cfg: DictConfig) -> float | None:
