@@ -25,7 +25,8 @@ def choices(cfg: DictConfig) -> dict[str, str]:
         return {str(k): str(v) for k, v in cfg.choices.items()}
     if not HydraConfig.initialized():
         return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
+            if not k.startswith("hydra") and k != "local" and v is not None}  # local: this machine's, not the recipe's
 
 
 def save_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> None:
@@ -57,7 +58,7 @@ class RunRecord(L.Callback):
         command = run_info.COMMAND or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         now = time.strftime("%Y-%m-%d %H:%M:%S")
         self.data: dict[str, Any] = {"status": "running", "command": command, "overrides": list(overrides),
-                                     "choices": self.choices, "started": now, "versions": run_info.versions() if self.writes else {}}
+                                     "choices": self.choices, "tags": list(cfg.get("tags") or []), "started": now, "versions": run_info.versions() if self.writes else {}}
         if earlier:  # a resumed run keeps what it was started with, and says when it went on
             self.data["overrides"] = earlier.get("overrides", self.data["overrides"])
             self.data["started"] = earlier.get("started", now)

@@ -19,7 +19,8 @@ from mnist99.errors import ConfigError
 @dataclass(frozen=True)
 class Rule:
     """kind: number | integer (at least `low`, or above it), fractions (in [0, 1), or `count` of them),
-    positive (> 0, or one per channel), switch, choice (of `options`), given (not null), accelerator."""
+    positive (> 0, or one per channel), switch, choice (of `options`), given (not null), accelerator,
+    words (a list of non-empty strings)."""
 
     kind: str
     low: float = 0
@@ -82,7 +83,8 @@ PARTS: dict[str, dict[str, Rule]] = {
     },
 }
 SECTIONS = ("data", "model", "optimizer", "scheduler", "trainer")
-RUN = {"seed": Rule("integer", 0, hint="Any non-negative integer.")}  # the run's own keys
+RUN = {"seed": Rule("integer", 0, hint="Any non-negative integer."),  # the run's own keys
+       "tags": Rule("words", null=True, hint="Give a list of words: 'tags=[baseline,adam]'.")}
 _ABSENT = object()
 
 
@@ -145,6 +147,9 @@ def refusal(key: str, rule: Rule, value) -> str | None:
     if rule.kind == "choice":
         ok = not isinstance(value, bool) and value in rule.options
         return None if ok else f"{key}={shown} is not one of {', '.join(map(str, rule.options))}: {rule.hint}"
+    if rule.kind == "words":
+        ok = isinstance(value, ListConfig) and all(isinstance(v, str) and v.strip() for v in value)
+        return None if ok else f"{key}={shown} is not a list of words. {rule.hint}"
     if rule.kind == "switch":
         return None if isinstance(value, bool) else f"{key}={shown} is not a switch: use {key}=true or {key}=false."
     if rule.kind == "fractions":

@@ -35,6 +35,7 @@ def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
         "in_channels": OmegaConf.select(cfg, "model.in_channels"),
         "val_size": OmegaConf.select(cfg, "data.val_size"),
         "seed": cfg.get("seed"),
+        "tags": ",".join(cfg.get("tags") or []),
     }
     return {k: ("none" if v is None else v) for k, v in params.items()}
 

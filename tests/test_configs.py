@@ -92,9 +92,10 @@ def test_every_logger_and_callbacks_builds(make_cfg, logger, callbacks):
     assert len(loggers) == len(cfg.logger or {})
     if callbacks == "none":
         assert built == []  # none means none: nothing is added behind the config's back
-    else:
-        expected = len(cfg.callbacks) - (0 if loggers else 1)  # the lr monitor needs a logger
-        assert len(built) == expected and any(isinstance(c, LearningRateMonitor) for c in built) == bool(loggers)
+    else:  # early_stopping is an add-on, alone here: no lr monitor in it
+        monitor = "lr_monitor" in cfg.callbacks
+        expected = len(cfg.callbacks) - (1 if monitor and not loggers else 0)  # the lr monitor needs a logger
+        assert len(built) == expected and any(isinstance(c, LearningRateMonitor) for c in built) == (monitor and bool(loggers))
         constant = build_callbacks(make_cfg(f"logger={logger}", f"callbacks={callbacks}", "scheduler=none"), with_logger=bool(loggers))
         assert not any(isinstance(c, LearningRateMonitor) for c in constant)  # train/lr comes from the module then
 

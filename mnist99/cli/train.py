@@ -117,7 +117,8 @@ def summary(cfg: DictConfig, outcome, run_dir: Path) -> None:
         shown = run_dir
     print(f"\nmnist99: task={cfg.get('task_name')} model={model} {acc} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
           f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={metrics.get('wall_seconds', 0):.1f}s "
-          f"run_dir={shown}")
+          f"run_dir={shown}" + (f"\nmnist99: stopped early at epoch {metrics.get('epochs', 0)} of {cfg.trainer.max_epochs}: "
+                                f"{metrics['stopped_early']}" if metrics.get("stopped_early") else ""))
 
 
 def discard_new_folder(cfg: DictConfig, run_dir: Path) -> None:
