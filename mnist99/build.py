@@ -16,11 +16,12 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mnist99 import ddp_sweep, machine
+from mnist99 import ddp_sweep, machine, trackers
 from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
 from mnist99.console import quiet_lightning
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
+from mnist99.record import choices
 from mnist99.checkpoints import StandaloneCheckpoint
 from mnist99.trusted import instantiate
 
@@ -103,7 +104,10 @@ def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int | None
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    configs = [c for c in (cfg.get("logger") or {}).values() if c]
+    loggers = [instantiate(c) for c in configs]
+    for logger, logger_cfg in zip(loggers, configs):
+        trackers.prepare(logger, logger_cfg, cfg, choices(cfg))  # MLflow: the run's tags, a local store's folder
     for logger in loggers if rank_zero_only.rank == 0 else ():
         # Lightning's CSVLogger deletes a metrics.csv it finds: a resumed run's earlier attempts
         # are kept as metrics-1.csv, metrics-2.csv, ..., and this attempt writes metrics.csv

@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist99 import schema, trusted
+from mnist99 import schema, trackers, trusted
 from mnist99.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,9 @@ def cpu_has_native_bf16() -> bool:
 def register_resolvers() -> None:
     resolvers = {"mnist99.new_folder": new_folder, "mnist99.root": project_root, "mnist99.folder_name": folder_name,
                  "mnist99.mode": mode, "mnist99.direction": lambda metric: mode(metric) + "imize",
-                 "mnist99.fastest_precision": fastest_precision}
+                 "mnist99.fastest_precision": fastest_precision, "mnist99.basename": lambda path: Path(str(path)).name,
+                 "mnist99.experiment_name": trackers.experiment_name, "mnist99.local_artifacts": trackers.local_artifacts,
+                 "mnist99.tracking_uri": trackers.tracking_uri}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_resolver(name, resolver)
@@ -89,6 +91,7 @@ def validate(cfg: DictConfig, data: bool = True) -> None:
     try:
         schema.check(cfg)
         trusted.check_targets(cfg)
+        trackers.check_installed(cfg)
         folder = cfg.data
         if data and folder.get("_target_") == schema.DATAMODULE:  # as the datamodule would, seconds later
             folder_classes(folder.data_dir, folder.get("train_dir"), folder.get("test_dir"), bool(folder.get("build_mnist", True)))

@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
-from mnist99 import ensemble, machine
+from mnist99 import ensemble, machine, trackers
 from mnist99.build import Parts, build, with_found
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import validate
@@ -64,6 +64,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
             trainer, model, datamodule = parts.trainer, parts.model, parts.datamodule
             save_config(parts.cfg, Path(member.paths.output_dir), record.choices)  # once, before training: what runs
             log_hparams(trainer, parts.cfg, record.choices)
+            trackers.log_params(trainer.loggers, parts.cfg)
             resume = member.get("resume_ckpt")
             if resume:  # a clear refusal now, instead of a deep error inside Lightning's restore
                 check_fits(read_checkpoint(resume), model, resume)
@@ -89,7 +90,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
         if discard_refused and untrained and (record.earlier_text or not any(run_dir.rglob("*.ckpt"))):
             record.discard()
         else:
-            record.finish(outcome.status, error=outcome.message or f"{type(e).__name__}: {e}")
+            record.finish(outcome.status, error=outcome.message or f"{type(e).__name__}: {e}", **logged(parts))
+            trackers.log_artifacts(parts.trainer.loggers if parts else [], run_dir)
         return dataclasses.replace(outcome, choices=record.choices, parts=parts)
     metrics["fit_seconds"], metrics["epochs"] = record.fit_seconds, parts.trainer.current_epoch
     if members > 1:
@@ -102,8 +104,15 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
     stopped = {"stopped_early": metrics["stopped_early"]} if metrics.get("stopped_early") else {}
     record.finish(status, metrics={k: v for k, v in metrics.items() if isinstance(v, float)}, epochs=metrics.get("epochs"),
-                  tested_weights=metrics.get("tested_weights", "none"), **stopped)
+                  tested_weights=metrics.get("tested_weights", "none"), **stopped, **logged(parts))
+    trackers.log_artifacts(parts.trainer.loggers, run_dir)  # run.yaml final now
     return Outcome(status, metrics | {"wall_seconds": record.seconds}, parts=parts, choices=record.choices)
+
+
+def logged(parts: Parts | None) -> dict[str, Any]:
+    """run.yaml's `loggers`: where each logger of the run wrote."""
+    where = trackers.where(parts.trainer.loggers) if parts is not None else {}
+    return {"loggers": where} if where else {}
 
 
 def ending(e: BaseException, run_dir: Path, trained: bool) -> Outcome:

@@ -64,6 +64,8 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) ->
     TensorBoard fills the table from the scalars the run logs under those tags."""
     params = run_hparams(cfg, choices)
     for logger in trainer.loggers:
+        if type(logger).__name__ in ("MLFlowLogger", "WandbLogger"):
+            continue  # a tracker gets the whole config as its params (mnist99.trackers)
         logger.log_hyperparams(params)  # hparams.yaml beside the events (and CSV's hparams)
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             write_hparams_events(logger.log_dir, params)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_in_process
+from conftest import ROOT, one_paragraph, run_in_process
 
 # A new interpreter that runs a command's script (train.py, eval.py, predict.py) with ARGV and then
 # says whether the training stack was imported on the way: the checks must answer without it.
@@ -160,3 +160,15 @@ def test_the_quick_help_is_hydras_own_help():
     assert quick.returncode == hydras.returncode == 0
     lines = lambda text: [line for line in text.splitlines() if line.strip()]  # noqa: E731 - Hydra adds a blank line
     assert lines(quick.stdout) == lines(hydras.stdout) and "usage: python train.py" in quick.stdout
+
+
+def test_a_missing_extra_is_refused_before_torch_loads(tmp_path):
+    """Without mlflow installed (hidden here), logger=mlflow is refused in one paragraph naming the extra."""
+    probe = ("import runpy, sys\nsys.modules['mlflow'] = None\nsys.argv = ['train.py', *sys.argv[1:]]\ncode = 0\n"
+             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('EXIT', code, 'torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, "logger=mlflow", f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    *said, last = proc.stderr.rstrip().splitlines()
+    assert last == "EXIT 2 False", proc.stderr[-3000:]
+    assert 'pip install -e ".[mlflow]"' in one_paragraph("\n".join(said)) and not (tmp_path / "runs").exists()

@@ -63,7 +63,11 @@ def params_of(trials) -> list[tuple]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite", "journal"])
+@pytest.mark.parametrize("kind", [
+    "postgresql",
+    pytest.param("sqlite", marks=pytest.mark.slow),  # ~20 s each: .ci/run runs the slow ones of this file too
+    pytest.param("journal", marks=pytest.mark.slow),
+])
 def test_two_workers_form_one_study(tiny_tree, tmp_path, kind, request):
     """Two workers started together with n_trials=8: 8 COMPLETE trials, none failed, no two alike, both exit 0
     in silence; each trial's folder is named by its number and rounded values; the pictures are drawn. On
@@ -99,10 +103,10 @@ def test_two_workers_form_one_study(tiny_tree, tmp_path, kind, request):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("kind", "signum"), [
-    ("postgresql", signal.SIGKILL),
-    pytest.param("journal", signal.SIGKILL, marks=pytest.mark.slow),  # mnist99's own heartbeat: ~20 s more in the default run
-    ("sqlite", signal.SIGTERM),
+@pytest.mark.parametrize(("kind", "signum"), [  # all slow (~25 s each): .ci/run runs them after the default run
+    pytest.param("postgresql", signal.SIGKILL, marks=pytest.mark.slow),
+    pytest.param("journal", signal.SIGKILL, marks=pytest.mark.slow),
+    pytest.param("sqlite", signal.SIGTERM, marks=pytest.mark.slow),
 ])
 def test_a_worker_stopped_mid_trial_costs_one_trial(tiny_tree, tmp_path, kind, signum, request):
     """SIGKILL one worker while its trial runs: the other worker finds the trial stale by its heartbeat,
