@@ -76,6 +76,8 @@ def prepare(logger: Any, logger_cfg: DictConfig, cfg: DictConfig, choices: dict[
     """Before the run is created: a local store's folder, and the run's tags."""
     if not is_mlflow(logger):
         return
+    import mlflow  # noqa: F401 - imported now, so that its own logging set-up comes before the level below
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "Experiment ... not found. Creating it."
     uri = str(logger_cfg.get("tracking_uri") or "")
