@@ -63,9 +63,9 @@ def params_of(trials) -> list[tuple]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind", [
-    "postgresql",
-    pytest.param("sqlite", marks=pytest.mark.slow),  # ~20 s each: .ci/run runs the slow ones of this file too
+@pytest.mark.parametrize("kind", [  # ~20 s each, slow: .ci/run runs this file's slow tests after the default run
+    pytest.param("postgresql", marks=pytest.mark.slow),
+    pytest.param("sqlite", marks=pytest.mark.slow),
     pytest.param("journal", marks=pytest.mark.slow),
 ])
 def test_two_workers_form_one_study(tiny_tree, tmp_path, kind, request):

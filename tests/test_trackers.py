@@ -144,6 +144,8 @@ def test_a_run_on_a_real_mlflow_server_with_a_database(tiny_tree, tmp_path, requ
         stop(server)
 
 
+@pytest.mark.slow  # W&B's own process starts and syncs offline: ~15 s (.ci/run runs it)
+@pytest.mark.timeout(300)
 def test_wandb_runs_offline_and_tries_no_network(tiny_tree, tmp_path):
     """logger=wandb: the run's config, metrics and pictures on disk in wandb/offline-run-*, and not one
     connection to the W&B server it was pointed at (a listener here that counts them)."""
