@@ -190,6 +190,7 @@ def test_one_worker_runs_trials_in_parallel_with_joblib(tiny_tree, tmp_path):
     assert "is launching 2 jobs" in out + err  # two trials at a time
 
 
+@pytest.mark.slow  # four trials in-process: ~7 s (.ci/run runs it)
 def test_the_grid_sampler_runs_each_point_once(tiny_tree, tmp_path):
     """hydra/sweeper/sampler=grid: n_trials is capped at the grid's size, and every point runs once."""
     search = tmp_path / "conf" / "hparams_search"
