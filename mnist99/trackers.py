@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist99.errors import ConfigError
 
+log = logging.getLogger("mnist99")
+
 # a logger's _target_ -> (the module it needs, the extra that installs it)
 EXTRAS = {"lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"), "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb")}
 # what a run hands a tracker as artifacts, when present in the run folder
@@ -121,15 +123,21 @@ def log_params(loggers: list, cfg: DictConfig) -> None:
 
 def log_artifacts(loggers: list, run_dir: Path) -> None:
     """The run's record and pictures, once run.yaml is final; the checkpoints only with log_model."""
+    present = [Path(run_dir) / name for name in ARTIFACTS if (Path(run_dir) / name).is_file()]
     for logger in loggers:
-        present = [Path(run_dir) / name for name in ARTIFACTS if (Path(run_dir) / name).is_file()]
-        if is_mlflow(logger) and logger.run_id:
-            for path in present:
-                logger.experiment.log_artifact(logger.run_id, str(path))
-        elif is_wandb(logger):
-            for path in (p for p in present if p.suffix == ".png"):
-                logger.log_image(key=f"test/{path.stem}", images=[str(path)])
-            logger.experiment.finish()  # the next run of this process (a sweep's next job) gets a run of its own
+        try:
+            if is_mlflow(logger) and logger.run_id:
+                for path in present:
+                    logger.experiment.log_artifact(logger.run_id, str(path))
+            elif is_wandb(logger):
+                for path in (p for p in present if p.suffix == ".png"):
+                    logger.log_image(key=f"test/{path.stem}", images=[str(path)])
+                logger.experiment.finish()  # the next run of this process (a sweep's next job) gets a run of its own
+        except Exception as e:  # noqa: BLE001 - a server gone away: the run itself is finished and kept
+            from mnist99.study_storage import masked
+
+            log.warning("The run's files could not be sent to %s (%s); they are in %s.", type(logger).__name__,
+                        masked(str(e).splitlines()[0] if str(e) else type(e).__name__), run_dir)
 
 
 def where(loggers: list) -> dict[str, str]:
