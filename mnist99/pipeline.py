@@ -71,7 +71,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             # callbacks=[default,early_stopping]: why fit ended before max_epochs (read now: testing a checkpoint restores its state)
-            metrics |= {"stopped_early": c.stopping_reason_message for c in trainer.early_stopping_callbacks if c.stopping_reason_message}
+            reasons = [c.stopping_reason_message for c in trainer.early_stopping_callbacks if c.stopping_reason_message]
+            metrics |= {"stopped_early": reasons[0]} if reasons else {}
             if trainer.interrupted or not member.test:
                 break
             # the best epoch's checkpoint, unless validation ran on testing/ (picking by it would select
@@ -102,7 +103,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
     if parts.suggested_lr:
         metrics["tune/suggested_lr"] = parts.suggested_lr
     status = "interrupted" if "test/acc" not in metrics and cfg.get("test") else "completed"
-    stopped = {"stopped_early": metrics["stopped_early"]} if metrics.get("stopped_early") else {}
+    stopped = {k: metrics[k] for k in ("stopped_early",) if k in metrics}
     record.finish(status, metrics={k: v for k, v in metrics.items() if isinstance(v, float)}, epochs=metrics.get("epochs"),
                   tested_weights=metrics.get("tested_weights", "none"), **stopped, **logged(parts))
     trackers.log_artifacts(parts.trainer.loggers, run_dir)  # run.yaml final now

@@ -13,6 +13,8 @@ from tensorboard.compat.proto.event_pb2 import Event
 from torch.utils.tensorboard import RecordWriter
 from torch.utils.tensorboard.summary import hparams
 
+from mnist99.trackers import is_tracker
+
 # Scalars the run logs anyway; the HPARAMS tab shows each run's latest value of each.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "train/loss")
 # Sorts before the event files TensorBoard's writers name "events.out.tfevents.<10-digit seconds>...".
@@ -64,7 +66,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, choices: dict[str, str]) ->
     TensorBoard fills the table from the scalars the run logs under those tags."""
     params = run_hparams(cfg, choices)
     for logger in trainer.loggers:
-        if type(logger).__name__ in ("MLFlowLogger", "WandbLogger"):
+        if is_tracker(logger):
             continue  # a tracker gets the whole config as its params (mnist99.trackers)
         logger.log_hyperparams(params)  # hparams.yaml beside the events (and CSV's hparams)
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:

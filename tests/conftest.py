@@ -191,3 +191,12 @@ def real_subset(shared_mnist, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real") / "mnist_png"
     return prepare_mnist_png(root, source=shared_mnist, mirrors=(), pypi=False, progress=False, limit=4000)
+
+
+def search_path_with(tmp_path: Path, relpath: str, text: str) -> str:
+    """Write `text` as conf/<relpath> under tmp_path; returns the override that adds that conf/ to
+    Hydra's search path (a config of the test's own, as a user's would be)."""
+    path = tmp_path / "conf" / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]"

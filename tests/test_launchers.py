@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli, run_in_process
+from conftest import ROOT, run_cli, run_in_process, search_path_with
 
 TINY = ("data.val_size=60", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv")
 
@@ -78,14 +78,13 @@ def test_optuna_search_resumes_to_its_total(tiny_tree, tmp_path):
 
 def test_a_diverged_trial_reports_the_worst_value(tiny_tree, tmp_path):
     """One trial of two diverges: it is recorded as such, counts as 0.0, and the study still ends."""
-    search = tmp_path / "conf" / "hparams_search"
-    search.mkdir(parents=True)
-    (search / "lr_pair.yaml").write_text(
+    searchpath = search_path_with(
+        tmp_path, "hparams_search/lr_pair.yaml",
         "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    n_trials: 2\n    sampler:\n      seed: 1231\n"
         "    params:\n      optimizer.lr: choice(0.05, 10000000.0)\n      optimizer.weight_decay: 0.0\n"
         "      data.batch_size: 32\n      model: mlp\n")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = run_in_process("train", "-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=lr_pair", "optimizer=sgd",
+    proc = run_in_process("train", "-m", searchpath, "hparams_search=lr_pair", "optimizer=sgd",
                           "scheduler=none", "model=mlp", f"data.data_dir={tiny_tree}", *TINY, f"paths.log_dir={tmp_path}",
                           f"hydra.sweeper.storage={storage}")
     sweep, states = statuses(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from conftest import one_paragraph, run_in_process
+from conftest import one_paragraph, run_in_process, search_path_with
 
 TINY = ("data.val_size=60", "trainer.enable_progress_bar=false", "logger=csv", "model=linear", "data.batch_size=32")
 
@@ -40,10 +40,8 @@ def test_tags_are_recorded_and_a_bad_one_is_refused(tiny_tree, tmp_path):
 
 def test_conf_local_default_is_read_when_present(tiny_tree, tmp_path):
     """A machine's own conf/local/default.yaml (git-ignored) sets what the command line does not."""
-    local = tmp_path / "conf" / "local"
-    local.mkdir(parents=True)
-    (local / "default.yaml").write_text(f"# @package _global_\ntags: [this_machine]\ndata:\n  data_dir: {tiny_tree}\n")
-    proc = run_in_process("train", "--cfg", "job", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
+    searchpath = search_path_with(tmp_path, "local/default.yaml", f"# @package _global_\ntags: [this_machine]\ndata:\n  data_dir: {tiny_tree}\n")
+    proc = run_in_process("train", "--cfg", "job", searchpath)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["tags"] == ["this_machine"] and cfg["data"]["data_dir"] == str(tiny_tree)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_in_process
+from conftest import ROOT, run_in_process, search_path_with
 from mnist99.job_names import job_name, short_value
 from postgres_server import PostgresServer, server_binaries
 
@@ -193,14 +193,13 @@ def test_one_worker_runs_trials_in_parallel_with_joblib(tiny_tree, tmp_path):
 @pytest.mark.slow  # four trials in-process: ~7 s (.ci/run runs it)
 def test_the_grid_sampler_runs_each_point_once(tiny_tree, tmp_path):
     """hydra/sweeper/sampler=grid: n_trials is capped at the grid's size, and every point runs once."""
-    search = tmp_path / "conf" / "hparams_search"
-    search.mkdir(parents=True)
-    (search / "grid.yaml").write_text(
+    searchpath = search_path_with(
+        tmp_path, "hparams_search/grid.yaml",
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: mnist99_optuna\n  - override /hydra/sweeper/sampler: grid\n"
         "optimized_metric: val/acc_best\nfailed_value: 0.0\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    n_trials: 10\n    study_name: mnist99\n"
         "    direction: maximize\n    params:\n      model: choice(linear, mlp)\n      optimizer.lr: choice(0.01, 0.1)\n")
     url = f"sqlite:///{tmp_path / 'grid.db'}"
-    proc = run_in_process("train", "-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hparams_search=grid", f"data.data_dir={tiny_tree}",
+    proc = run_in_process("train", "-m", searchpath, "hparams_search=grid", f"data.data_dir={tiny_tree}",
                           *TINY, f"paths.log_dir={tmp_path}", f"hydra.sweeper.storage={url}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     points = sorted((t.params["model"], t.params["optimizer.lr"]) for t in load(url).get_trials(states=(TrialState.COMPLETE,)))
