@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -18,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist99 import ddp_sweep, machine, trackers
 from mnist99.callbacks import LogIntervalWithinEpoch, UnevenTestSplit
+from mnist99.callbacks.epochs_for_data import EpochsForData
+from mnist99.callbacks.spawned import SpawnedProcesses
 from mnist99.console import quiet_lightning
 from mnist99.errors import ConfigError
 from mnist99.models.optim import optimizer_from_config
@@ -48,14 +51,29 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> Parts:
     model, suggested = build_model(cfg), None
     if OmegaConf.select(cfg, "tune.lr_find"):
         # a trainer of its own, without logs or checkpoints: the search is not part of the run's curves
-        suggested = find_lr(cfg, build_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False), model, datamodule)
+        # epochs enough for its steps (one step an epoch at the least): trainer.limit_train_batches or a small folder
+        # must not cut it short; finite, for the schedule configure_optimizers sizes (the finder swaps in its own)
+        finder = build_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False, max_epochs=int(cfg.tune.num_training),
+                               max_steps=-1, max_time=None)
+        suggested = find_lr(cfg, finder, model, datamodule)
         if suggested and cfg.tune.use_suggested_lr:
             cfg = with_found(cfg, lr=suggested)
             model = build_model(cfg)  # its optimizer and schedule hold the rate
     loggers = build_loggers(cfg)
     # every checkpoint carries the run's config and data settings: eval.py and predict.py take it alone
-    callbacks = build_callbacks(cfg, [*callbacks, StandaloneCheckpoint(cfg)], with_logger=bool(loggers))
+    callbacks = [*callbacks, StandaloneCheckpoint(cfg), *epochs_for_data(cfg)]
+    callbacks = build_callbacks(cfg, callbacks, with_logger=bool(loggers))
     return Parts(cfg, datamodule, model, build_trainer(cfg, logger=loggers or False, callbacks=callbacks), suggested)
+
+
+def epochs_for_data(cfg: DictConfig) -> list[L.Callback]:
+    """The callback that sets the epochs from the data (trainer.max_epochs null: the default recipe), where nothing
+    else bounds the fit (max_steps, max_time) or Lightning runs it its own way (fast_dev_run, overfit_batches)."""
+    t = cfg.trainer
+    if (t.get("max_epochs", 0) is not None or t.get("max_steps", -1) not in (-1, None) or t.get("max_time") or t.get("fast_dev_run")
+            or t.get("overfit_batches")):
+        return []
+    return [EpochsForData(cfg.train_images)]
 
 
 def with_found(cfg: DictConfig, num_classes: int | None = None, lr: float | None = None) -> DictConfig:
@@ -81,7 +99,29 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
     takes = inspect.signature(model.func).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in takes.values()):
         offered = {k: v for k, v in offered.items() if k in takes}
-    return model(**offered)
+    model = model(**offered)
+    check_takes_input(model, cfg)
+    return model
+
+
+def check_takes_input(model: L.LightningModule, cfg: DictConfig) -> None:
+    """One forward pass of two blank images of the data's size and channels (eval mode, no gradients): a net that
+    cannot take them (a net of the user's own; mnist99's are checked from the config at start-up) is a config
+    mistake, said before the data is read, not a shape error in the first batch."""
+    size, channels = OmegaConf.select(cfg, "data.image_size"), OmegaConf.select(cfg, "data.model_channels") or OmegaConf.select(cfg, "data.channels")
+    if not isinstance(size, int) or not isinstance(channels, int):
+        return
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, size, size))
+    except (RuntimeError, ValueError) as e:
+        said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"The model ({OmegaConf.select(cfg, 'model.net._target_') or cfg.model.get('_target_')}) cannot take the data's "
+                          f"images, {channels} channel(s) of {size}x{size} pixels (data.channels, data.image_size): {said}. Set "
+                          "data.image_size to what the net was made for (MNIST's is 28), or change the net's config.") from None
+    finally:
+        model.train(training)
 
 
 def build_datamodule(cfg: DictConfig) -> tuple[L.LightningDataModule, int | None]:
@@ -141,7 +181,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     kwargs = {**machine.trainer_settings(cfg), **kwargs}
     callbacks = list(kwargs.pop("callbacks", None) or [])
     kwargs["enable_model_summary"] = False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, LogIntervalWithinEpoch(), UnevenTestSplit()], **kwargs)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, LogIntervalWithinEpoch(), UnevenTestSplit(), SpawnedProcesses()],
+                                     **kwargs)
     ddp_sweep.track(trainer)
     return trainer
 
@@ -155,6 +196,10 @@ def find_lr(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datam
     result = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=t.min_lr, max_lr=t.max_lr,
                                     num_training=t.num_training, update_attr=False)
     suggestion = result.suggestion() if result is not None else None
+    taken = len(result.results.get("lr", [])) if result is not None else 0
+    if taken < t.num_training:  # Lightning stops the sweep where the loss blows up (4x its best)
+        log.warning("lr_find took %d of its %d steps: the loss diverged at learning rate %.3g, so the sweep stopped there "
+                    "(its plot ends there too).", taken, t.num_training, result.results["lr"][-1] if taken else t.min_lr)
     if trainer.is_global_zero and result is not None:
         out = Path(cfg.paths.output_dir)
         fig = result.plot(suggest=suggestion is not None)

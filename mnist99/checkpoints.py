@@ -10,6 +10,8 @@ and built from only through the same functions (build_model, the data's instanti
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnist99.errors import ConfigError
+from mnist99.locate import ZIP_MAGIC, torch_file_start
 
 KEY = "mnist99"
 # The entry's format: raised when its meaning changes, so an older mnist99 refuses a newer entry.
@@ -55,10 +58,10 @@ def resolved_config(cfg: DictConfig, cwd: Path) -> dict:
     return plain(out)
 
 
-def describe(cfg: DictConfig, datamodule: L.LightningDataModule | None) -> dict:
-    """The checkpoint entry of a run: format, config, classes and the data settings. The
-    datamodule's values win over the config's: it holds the mean and std it computed (data.mean=null)."""
-    config = resolved_config(cfg, Path.cwd())
+def describe(cfg: DictConfig | dict, datamodule: L.LightningDataModule | None) -> dict:
+    """The checkpoint entry of a run: format, config (or its resolved_config), classes and the data settings.
+    The datamodule's values win over the config's: it holds the mean and std it computed (data.mean=null)."""
+    config = cfg if isinstance(cfg, dict) else resolved_config(cfg, Path.cwd())
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     entry = {"format": FORMAT, "config": config, "classes": [str(c) for c in getattr(datamodule, "classes", ())]}
     for key in DATA_KEYS:
@@ -69,14 +72,16 @@ def describe(cfg: DictConfig, datamodule: L.LightningDataModule | None) -> dict:
 class StandaloneCheckpoint(L.Callback):
     """Adds `describe(cfg, datamodule)` to every checkpoint the trainer writes (ModelCheckpoint's,
     GracefulStop's). Added by the pipeline, not the callbacks group, so callbacks=none keeps it.
-    The config is read at each save, so it holds what the build filled in (model.num_classes)."""
+    The config is resolved here, in the process Hydra runs in, once the build filled it in (model.num_classes):
+    trainer.strategy=ddp_spawn's processes, which save the checkpoints, have no Hydra to resolve it."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+        self.cfg = resolved_config(cfg, Path.cwd())
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if rank_zero_only.rank == 0:  # the one rank whose checkpoint is written
-            checkpoint[KEY] = describe(self.cfg, trainer.datamodule)
+            # the epochs this fit was to train, as Lightning ran it: trainer.max_epochs=null is set from the data
+            checkpoint[KEY] = describe(self.cfg, trainer.datamodule) | {"max_epochs": plain(trainer.max_epochs)}
 
 
 def stored_run(state: dict, path: Path) -> dict | None:
@@ -102,24 +107,113 @@ def damaged(path: Path, what: str) -> ConfigError:
                        "or pass its run folder (ckpt_path=<run dir>, which holds config.yaml and checkpoints/).")
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """torch.load with weights_only=True: tensors and plain values only, so a file whose pickle
-    would run code is refused instead of executed."""
+    would run code is refused instead of executed. Each way a file can fail gets its own paragraph:
+    not a checkpoint at all, truncated, holding Python objects, or a torch file of another program.
+    mmap: a zip checkpoint's tensors stay on disk until used (to read its counters and entry only)."""
     path = Path(path)
+    why = torch_file_start(path) or foreign_zip(path)
+    if why:
+        raise ConfigError(f"{path} is not a checkpoint: {why}. Use a .ckpt written by train.py (a run's checkpoints/ "
+                          "holds them), or pass the run's folder.")
+    cut = truncated(path)
+    if cut:
+        raise ConfigError(f"Cannot read the checkpoint {path}: it is truncated ({cut}). Was it copied or saved completely? "
+                          "Use another .ckpt of the run, e.g. one of its checkpoints/ files, or copy it again.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"Refused to load {path}: it holds Python objects that loading would have to run "
-                          f"({str(e).splitlines()[0][:200]}). mnist99 loads checkpoints with torch.load(weights_only=True), "
-                          "which accepts tensors and plain values only. Use a checkpoint written by mnist99, or one you trust "
-                          "converted to plain tensors.") from None
-    except Exception as e:  # noqa: BLE001 - truncated, empty, not a torch file: say which file
-        raise ConfigError(f"Cannot read the checkpoint {path} ({type(e).__name__}: {str(e)[:200]}). It is truncated or not a "
-                          "checkpoint (was it copied completely?). Use another .ckpt of the run, e.g. one of its "
-                          "checkpoints/ files.") from None
+        if "Weights only load failed" not in str(e):  # the legacy format's pickle, cut short or damaged
+            raise ConfigError(f"Cannot read the checkpoint {path}: it is truncated or damaged (its pickle stops: "
+                              f"{first_line(e)}). Use another .ckpt of the run, or copy it again.") from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it names {named.group(1)})" if named else ""
+        raise ConfigError(f"Refused to load {path}: it holds Python objects that loading would have to run{what}. mnist99 "
+                          "loads checkpoints with torch.load(weights_only=True), which accepts tensors and plain values only. "
+                          "Use a checkpoint written by mnist99, or one you trust converted to plain tensors.") from None
+    except EOFError:  # the legacy format, cut short
+        raise ConfigError(f"Cannot read the checkpoint {path}: it is truncated (its data ends too soon). Was it copied or saved "
+                          "completely? Use another .ckpt of the run, or copy it again.") from None
+    except Exception as e:  # noqa: BLE001 - damaged in some other way: torch's own words, whole
+        raise ConfigError(f"Cannot read the checkpoint {path}: torch could not load it ({type(e).__name__}: {first_line(e)}). "
+                          "It is damaged: use another .ckpt of the run, e.g. one of its checkpoints/ files.") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict). Use a .ckpt written by train.py.")
+        raise ConfigError(f"{path} is a PyTorch file, but not a Lightning checkpoint: it holds {holds(ckpt)}, and no state_dict "
+                          "(where a .ckpt keeps the weights), so another program wrote it. Use a .ckpt written by train.py.")
     return ckpt
+
+
+def truncated(path: Path) -> str | None:
+    """What is missing from a zip checkpoint cut short (torch's "failed finding central directory"), or
+    from an empty file; None otherwise. Read from the file's ends, without loading it."""
+    if path.stat().st_size == 0:
+        return "it is empty: 0 bytes"
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC
+    if is_zip and not zipfile.is_zipfile(path):
+        return "its zip archive has no central directory, which is written last"
+    return None
+
+
+def foreign_zip(path: Path) -> str | None:
+    """Why a whole zip archive is not one torch.save wrote (it holds no <name>/data.pkl); None otherwise."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("/data.pkl") for n in names):
+        return None
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"it is a zip archive, but not one torch.save wrote (it holds {shown or 'nothing'}, and no data.pkl)"
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line, whole (torch's run on for paragraphs): a message never cut mid-sentence."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def holds(value: Any) -> str:
+    """What a torch file holds, in a few words: "a dict of 2 entries (w, b), all tensors: ...", "a Tensor"."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}"
+    keys = ", ".join(map(str, list(value)[:4])) + (", ..." if len(value) > 4 else "")
+    bare = value and all(isinstance(v, torch.Tensor) for v in value.values())
+    return (f"a dict of {len(value)} {'entry' if len(value) == 1 else 'entries'} ({keys})"
+            + (", all tensors, as torch.save(model.state_dict()) writes" if bare else ""))
+
+
+def fit_progress(state: dict) -> tuple[int, int]:
+    """(epochs whose training ended, optimizer steps taken) of a Lightning checkpoint: its fit loop's count,
+    which a checkpoint saved at an epoch's end holds already (Lightning's `processed`)."""
+    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", state.get("epoch") or 0)), int(state.get("global_step") or 0)
+
+
+def nothing_left(state: dict, max_epochs: Any, max_steps: Any, record: dict | None = None) -> str | None:
+    """Where a fit resumed from the checkpoint `state` would stop before its first step, as Lightning's fit
+    loop decides it (FitLoop.done: the steps taken against max_steps, the epochs whose training ended against
+    max_epochs; -1 is no limit), in a few words ("the end of epoch 2 of 2 (trainer.max_epochs=2)"); None where
+    there is training left. A null max_epochs is a length the recipe sets from the data (train_images): the
+    checkpoint's entry then says the one its fit ran to, or else the run's record, completed at this epoch."""
+    number = lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None  # noqa: E731
+    if isinstance(record, dict) and record.get("status") not in (None, "completed"):
+        return None  # stopped (during its test, say) or failed: resuming finishes what it left
+    (epochs, step), max_epochs, max_steps = fit_progress(state), number(max_epochs), number(max_steps)
+    if max_steps is not None and max_steps != -1:
+        if step >= max_steps:
+            return f"step {step} of trainer.max_steps={max_steps}"
+        if max_epochs is None:
+            return None
+    length = f"trainer.max_epochs={max_epochs}"
+    if max_epochs is None:  # the length the fit that wrote the checkpoint ran to, else the run's record
+        entry = state.get(KEY) if isinstance(state.get(KEY), dict) else {}
+        max_epochs, length = number(entry.get("max_epochs")), "the epochs trainer.max_epochs=null set from the data"
+        if max_epochs is None:
+            ended = isinstance(record, dict) and record.get("status") == "completed" and record.get("epochs") == epochs
+            return f"the end of epoch {epochs}, where the run completed" if ended else None
+    return f"the end of epoch {epochs} of {max_epochs} ({length})" if max_epochs != -1 and epochs >= max_epochs else None
 
 
 def check_fits(ckpt: dict, model: nn.Module, path: str | Path) -> None:

@@ -112,7 +112,7 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
     from hydra.errors import HydraException
 
     overrides = expand_shorthands(overrides)
-    message = unknown_group_options(overrides, config_dir)
+    message = keys_not_taken(overrides, config_name, config_dir) or unknown_group_options(overrides, config_dir)
     if message:
         raise ConfigError(message)
     GlobalHydra.instance().clear()
@@ -128,8 +128,42 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
     finally:
         GlobalHydra.instance().clear()
     if check_values:
-        validate(cfg, data=check_data)
+        try:
+            validate(cfg, data=check_data)
+        except ConfigError as e:
+            raise ConfigError(f"{e} {quoted_numbers(overrides, cfg, str(e))}".rstrip()) from None
     return cfg
+
+
+def quoted_numbers(overrides: list[str], cfg: DictConfig, message: str) -> str:
+    """A sentence for a refused `key='1e-3'`, a number the quotes made a string (the schema says only
+    "must be a number"); "" when no refused key's value is one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o and not o.startswith(("-", "~"))])
+    except Exception:  # noqa: BLE001 - composed already, so this does not happen; nothing to add if it did
+        return ""
+    for o in parsed:
+        key, value, typed = o.key_or_group, o.value(), o.input_line.split("=", 1)[1].strip()
+        if (o.is_sweep_override() or not isinstance(value, str) or not typed.startswith(("'", '"')) or not _is_number(value)
+                or f"{key}=" not in message):
+            continue
+        try:
+            composed = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            continue
+        if composed == value:  # the value the schema refused, not one a later override replaced
+            return f"The quotes made {typed} a string, not a number: drop them, {key}={value.strip()}."
+    return ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return bool(text.strip())
 
 
 def group_options(config_dir: str = CONFIG_DIR) -> dict[str, list[str]]:
@@ -245,10 +279,146 @@ def unknown_override_keys(args: list[str], config_name: str = "train", config_di
         where = ".".join(path) or "the top level"
         present = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
         valid = ", ".join(present) or "(none: it is not a section)"
-        close = [".".join([*path, c]) for c in _closest(parts[len(path)], present)]
-        if not path and len(parts) == 1:  # `modle=cnn`: a misspelt group reads best as the choice
-            close = [f"{c}={o.value()}" if c in groups else c for c in close]
+        typed = o.input_line.split("=", 1)[1]  # as typed: `false`, not Python's False
+        if len(parts) == 1:  # a bare name: `max_epochs=3` is trainer.max_epochs, `modle=cnn` the group model
+            asked = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [typed.strip()]
+            close = name_suggestions(parts[0], typed, asked, cfg, group_options(config_dir))
+        else:
+            close = [".".join([*path, c]) for c in _closest(parts[len(path)], present)]
+            if not close and len(path) == len(parts) - 1:  # `trainer.lr=0.1`: a key of another section
+                close = [f"{k}={typed}" for k in keys_named(parts[-1], leaf_keys(cfg))]
         advice = (f"Did you mean {' or '.join(close)}? " if close else
                   f"Check the spelling, or add a new key on purpose with +{o.input_line}. ")
         return f"Unknown config key '{o.key_or_group}' in the override '{o.input_line}'. {advice}The keys under {where} are: {valid}."
     return None
+
+
+def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of node's values (not of its sections), in config order; an interpolation or a
+    ??? counts as a value (it is not read: it may need a running Hydra app)."""
+    out = []
+    for k in node.keys():
+        key = f"{prefix}{k}"
+        if OmegaConf.is_interpolation(node, k) or OmegaConf.is_missing(node, k):
+            out.append(key)
+            continue
+        child = node[k]  # not an interpolation: reading it resolves nothing
+        if isinstance(child, DictConfig) and len(child):
+            out += leaf_keys(child, key + ".")
+        else:
+            out.append(key)
+    return out
+
+
+def keys_named(name: str, keys: list[str], close: bool = False) -> list[str]:
+    """The keys whose last part is `name` (`lr`: optimizer.lr, callbacks.stop_on_divergence.lr), or with
+    close, whose last part is close to it (`epochs`: trainer.max_epochs); the shallowest first, five at most.
+    Hydra's own `_target_` and `_partial_` are never meant."""
+    last = {k: k.rsplit(".", 1)[-1] for k in keys}
+    names = [n for n in dict.fromkeys(last.values()) if not n.startswith("_")]
+    wanted = _closest_names(name, names) if close else [name] if name in names else []
+    return [k for w in wanted for k in sorted((k for k in keys if last[k] == w), key=lambda k: k.count("."))][:5]
+
+
+def _closest_names(word: str, names: list[str]) -> list[str]:
+    """The names close to word, as difflib's, a name that holds it counting closer (`epochs`: max_epochs,
+    not eps), and only those near the closest (`train`: train_dir, not limit_train_batches)."""
+    score = {n: difflib.SequenceMatcher(None, word, n).ratio() + (0.2 if word in n else 0) for n in names}
+    close = sorted((n for n in names if score[n] >= 0.6), key=lambda n: -score[n])
+    return [n for n in close if score[n] >= score[close[0]] - 0.1][:3]
+
+
+def name_suggestions(name: str, typed: str, asked: list[str], cfg: DictConfig, options: dict[str, list[str]]) -> list[str]:
+    """`key=value` overrides a bare `name=typed` may have meant: a key of that name anywhere (`max_epochs=3`:
+    trainer.max_epochs=3); else a top-level key or group close to it (`modle=cnn`: model=cnn, a group only
+    when every value `asked` is one of its options, so `train=false` is no trainer=false); else a key
+    whose last part is close (`epochs=3`: trainer.max_epochs=3)."""
+    leaves = leaf_keys(cfg)
+    exact = keys_named(name, leaves)
+    if exact:
+        return [f"{k}={typed}" for k in exact]
+    top = []
+    for c in _closest(name, sorted({*map(str, cfg.keys()), *options})):
+        if (c in options and all(a in options[c] for a in asked)) or (c not in options and c in leaves):
+            top.append(f"{c}={typed}")
+    return top or [f"{k}={typed}" for k in keys_named(name, leaves, close=True)]
+
+
+def own_keys(config_name: str, config_dir: str = CONFIG_DIR) -> list[str] | None:
+    """The keys of a config that composes no config group (eval.yaml, predict.yaml), read from its file:
+    its command reads these and nothing else. None for one that composes groups (train.yaml), whose
+    `+key=` adds a key a part may read, for a run's saved config.yaml (resume=), and for a config that
+    cannot be read (Hydra reports it)."""
+    try:
+        node = OmegaConf.load(Path(config_dir) / f"{config_name}.yaml")
+    except Exception:  # noqa: BLE001 - not there (a package's config) or not YAML
+        return None
+    if not isinstance(node, DictConfig) or "defaults" not in node:  # a run's saved config.yaml (resume=) is composed already
+        return None
+    for entry in node.defaults or []:  # "_self_", {"override hydra/job_logging": "stdout"}, {"model": "lenet"}
+        words = str(entry if isinstance(entry, str) else next(iter(entry), "")).split()
+        if not words or words[-1].split("/")[0] not in ("_self_", "hydra"):
+            return None
+    return [k for k in leaf_keys(node) if k.split(".")[0] not in ("defaults", "hydra")]
+
+
+def keys_not_taken(args: list[str], config_name: str = "train", config_dir: str = CONFIG_DIR) -> str | None:
+    """A message for an override of a key that eval.py or predict.py does not read (`+data.data_dir=x`,
+    `model=cnn`): Hydra would add it and the command ignore it. It names the keys the command takes;
+    None when every override is one of them (or hydra's), or for a command that composes groups."""
+    own = own_keys(config_name, config_dir)
+    if own is None:
+        return None
+    for arg in args:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            continue
+        key, eq, typed = arg.partition("=")
+        key = key.lstrip("+~").split("@")[0]
+        if re.split(r"[./]", key)[0] == "hydra" or key in own or any(k.startswith(key + ".") for k in own):
+            continue
+        last = re.split(r"[./]", key)[-1]
+        close = keys_named(last, own) or keys_named(last, own, close=True)
+        advice = f"Did you mean {' or '.join(f'{k}={typed}' if eq else k for k in close)}? " if close else ""
+        return (f"Unknown config key '{key}' in the override '{arg}': {config_name}.py reads only its own keys, so it would "
+                f"never read this one. {advice}The keys it takes are: {', '.join(own)} (python {config_name}.py --help says "
+                "what each does).")
+    return None
+
+
+def flag_suggestions(flag: str, value: str | None, config_name: str = "train", config_dir: str = CONFIG_DIR) -> list[str]:
+    """The `key=value` overrides meant by a flag Hydra does not know, `--epochs 3` or `--lr=0.1`: its
+    name as a group, a key, or a bare name (name_suggestions). `<value>` stands in for a missing value,
+    `true` for a switch's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    name = flag.lstrip("-").replace("-", "_")
+    options = group_options(config_dir)
+    if not name or GlobalHydra.instance().is_initialized():
+        return []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir):
+            cfg = compose(config_name)
+    except Exception:  # noqa: BLE001 - a config that does not compose: Hydra says so once the flag is gone
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    if own_keys(config_name, config_dir) is not None:  # eval, predict: their keys, no groups
+        options = {}
+    leaves = leaf_keys(cfg)
+    if value is None:  # `--test`: a switch is turned on, anything else needs its value
+        named = [name] if name in leaves else keys_named(name.rsplit(".", 1)[-1], leaves)
+        value = "true" if named and all(_is_switch(cfg, k) for k in named) else "<value>"
+    if name in options or name in leaves:
+        return [f"{name}={value}"]
+    if "." in name:  # trainer.lr: the keys of that last name
+        return [f"{k}={value}" for k in keys_named(name.rsplit(".", 1)[-1], leaves)]
+    return name_suggestions(name, value, [value], cfg, options)
+
+
+def _is_switch(cfg: DictConfig, key: str) -> bool:
+    """Is key's value true or false, read without resolving it (a resolver may import torch)?"""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and isinstance(OmegaConf.to_container(node, resolve=False).get(leaf), bool)

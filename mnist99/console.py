@@ -18,12 +18,15 @@ QUIET_WARNINGS = (
     ".*is not supported by the model summary.*",  # its size estimate; the counts are right
     ".*resuming from a checkpoint that ended before the epoch ended.*",  # the datamodule resumes mid-epoch: EpochShuffle
     r"Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own checkpoints/ folder
+    # resume= of a copied run folder or a lone .ckpt: its checkpoints go to its own folder, their best-k record afresh
+    r"The dirpath has changed from .* won't be reloaded",
     # the CSV logger writes beside config.yaml (an earlier metrics.csv, which it would delete, is kept first: run_info)
     r"Experiment logs directory .* exists and is not empty",
     r"You requested to overfit but enabled train dataloader shuffling",  # debug=overfit: the same first batches, as asked
     r"It is recommended to use `self.log\(.*sync_dist=True\)`",  # DDP: torchmetrics' values, reduced across ranks already
     r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",  # DDP: said by callbacks.UnevenTestSplit
     r"torch.distributed.nn.functional.all_gather is deprecated",  # DDP: in Lightning's all_gather (ErrorAnalysis)
+    r"`max_epochs` was not set",  # trainer.max_epochs=null: mnist99 sets the epochs from the data (EpochsForData)
 )
 
 

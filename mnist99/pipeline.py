@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
-from mnist99 import ensemble, machine, trackers
+from mnist99 import ensemble, errors, machine, trackers
 from mnist99.build import Parts, build, with_found
+from mnist99.callbacks.spawned import carried_back
 from mnist99.checkpoints import check_fits, read_checkpoint
 from mnist99.config import validate
 from mnist99.errors import DivergedError, Interrupted, Mnist99Error
@@ -69,7 +71,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
             if resume:  # a clear refusal now, instead of a deep error inside Lightning's restore
                 check_fits(read_checkpoint(resume), model, resume)
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True if resume else None)
+            spawned = carried_back(trainer)  # trainer.strategy=ddp_spawn: the fit ran in processes of its own
+            record.fit_seconds += spawned.get("fit_seconds", 0.0)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics["epochs"] = int(spawned.get("epochs", trainer.current_epoch))
             # callbacks=[default,early_stopping]: why fit ended before max_epochs (read now: testing a checkpoint restores its state)
             reasons = [c.stopping_reason_message for c in trainer.early_stopping_callbacks if c.stopping_reason_message]
             metrics |= {"stopped_early": reasons[0]} if reasons else {}
@@ -94,10 +99,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), callbacks: Sequence[L.Ca
             record.finish(outcome.status, error=outcome.message or f"{type(e).__name__}: {e}", **logged(parts))
             trackers.log_artifacts(parts.trainer.loggers if parts else [], run_dir)
         return dataclasses.replace(outcome, choices=record.choices, parts=parts)
-    metrics["fit_seconds"], metrics["epochs"] = record.fit_seconds, parts.trainer.current_epoch
+    metrics["fit_seconds"] = record.fit_seconds
     if members > 1:
         save_config(with_found(cfg, parts.cfg.model.get("num_classes")), run_dir, record.choices)
-        metrics = ensemble.results(run_dir, probs, shifts) | {"fit_seconds": record.fit_seconds, "epochs": cfg.trainer.max_epochs}
+        metrics = ensemble.results(run_dir, probs, shifts) | {"fit_seconds": record.fit_seconds, "epochs": parts.trainer.max_epochs}
     if skipped := len(getattr(parts.datamodule, "skipped", ())):  # data.on_bad_image=skip: in run.yaml too
         metrics["data/skipped_images"] = float(skipped)
     if parts.suggested_lr:
@@ -124,12 +129,23 @@ def ending(e: BaseException, run_dir: Path, trained: bool) -> Outcome:
         e = stopped_at_once(run_dir, trained, signum)
     if isinstance(e, Interrupted):
         return Outcome("interrupted", message=str(e), signum=e.signum, trained=e.trained)
+    e = raised_in_spawned_process(e)
     message = friendly(e)
     if message is not None:
         return Outcome("diverged" if isinstance(e, DivergedError) else "failed", message=message)
     if not isinstance(e, Exception):
         raise e  # SystemExit, GeneratorExit: not the run's to answer
     return Outcome("crashed", error=e)
+
+
+def raised_in_spawned_process(e: BaseException) -> BaseException:
+    """trainer.strategy=ddp_spawn: an error of mnist99's raised in a spawned process reaches this one as torch's
+    ProcessRaisedException holding the traceback's text; the error again, from its last line (else `e`)."""
+    if type(e).__name__ != "ProcessRaisedException":
+        return e
+    found = re.search(r"^mnist99\.errors\.(\w+): (.+)\Z", str(e).strip(), re.M | re.S)
+    kind = getattr(errors, found.group(1), None) if found else None
+    return kind(found.group(2)) if isinstance(kind, type) and issubclass(kind, Mnist99Error) and kind is not Interrupted else e
 
 
 def friendly(e: BaseException) -> str | None:

@@ -24,6 +24,7 @@ class Rule:
 
     kind: str
     low: float = 0
+    optional: bool = False  # may be absent (the part has a default of its own)
     above: bool = False
     null: bool = False
     count: int | None = None
@@ -75,16 +76,36 @@ PARTS: dict[str, dict[str, Rule]] = {
     },
     "torch.optim.lr_scheduler.CosineAnnealingLR": {"eta_min": Rule("number", 0, hint="0 anneals the rate to zero.")},
     "lightning.pytorch.Trainer": {
-        "max_epochs": Rule("integer", 1, hint="Try e.g. trainer.max_epochs=3."),
+        "max_epochs": Rule("integer", 1, null=True, hint="Try e.g. trainer.max_epochs=3 (null: epochs for train_images images)."),
         "limit_train_batches": Rule("number", 0, null=True, hint=LIMIT),
         "limit_val_batches": Rule("number", 0, null=True, hint=LIMIT),
         "limit_test_batches": Rule("number", 0, null=True, hint=LIMIT),
         "accelerator": Rule("accelerator"),
+        "strategy": Rule("strategy", optional=True),
+        "precision": Rule("precision", optional=True),
+        "devices": Rule("devices", optional=True),
+        "num_nodes": Rule("integer", 1, optional=True, hint="1 for one machine; N machines run trainer.devices processes each."),
     },
 }
+# What lightning.pytorch.Trainer takes (tests/test_schema.py checks these against Lightning's registries).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+              "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+              "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true", "ddp_spawn",
+              "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1",
+              "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+              "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device", "single_tpu", "single_xla", "xla",
+              "xla_debug")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
+# What a strategy or precision needs beyond torch and Lightning: (its name starts with, the package, what it is).
+NEEDS = (("deepspeed", "deepspeed", "DeepSpeed"), ("fsdp", None, "a GPU"), ("xla", "torch_xla", "PyTorch/XLA (TPUs)"),
+         ("single_xla", "torch_xla", "PyTorch/XLA (TPUs)"), ("single_tpu", "torch_xla", "PyTorch/XLA (TPUs)"),
+         ("transformer-engine", "transformer_engine", "NVIDIA's Transformer Engine (a Hopper GPU)"))
 SECTIONS = ("data", "model", "optimizer", "scheduler", "trainer")
 RUN = {"seed": Rule("integer", 0, hint="Any non-negative integer."),  # the run's own keys
-       "tags": Rule("words", null=True, hint="Give a list of words: 'tags=[baseline,adam]'.")}
+       "tags": Rule("words", null=True, hint="Give a list of words: 'tags=[baseline,adam]'."),
+       "train_images": Rule("integer", 1, null=True, hint="The default recipe's 120000 is 2 epochs of MNIST.")}
 _ABSENT = object()
 
 
@@ -98,13 +119,67 @@ def check(cfg: DictConfig) -> None:
     for section in SECTIONS:
         target = OmegaConf.select(cfg, f"{section}._target_")
         for key, rule in PARTS.get(target, {}).items():
+            if rule.optional and OmegaConf.is_interpolation(cfg[section], key):  # (`key in` would resolve it)
+                continue  # the recipe's own (precision: ${mnist99.fastest_precision:...}), whose resolver would import torch
             value = OmegaConf.select(cfg, f"{section}.{key}", default=_ABSENT)  # absent, or ??? (OmegaConf's "missing")
+            if value is _ABSENT and rule.optional:
+                continue
             if value is _ABSENT:
                 raise ConfigError(rule.missing or missing_message(f"{section}.{key}", target, rule))
             found.append((f"{section}.{key}", rule, value))
     refuse(found)
     if OmegaConf.select(cfg, "data._target_") == DATAMODULE:
         refuse_channels(cfg.data.channels, OmegaConf.select(cfg, "data.model_channels"))
+        refuse_small_images(cfg)
+    if OmegaConf.select(cfg, "trainer._target_") == "lightning.pytorch.Trainer":
+        refuse_cpu_devices(cfg.trainer)
+        t = cfg.trainer
+        if t.get("max_epochs", 0) is None and t.get("max_steps", -1) in (-1, None) and not t.get("max_time") and cfg.get("train_images") is None:
+            raise ConfigError("trainer.max_epochs=null and train_images=null leave the run without a length (Lightning would train "
+                              "1000 epochs): set trainer.max_epochs=N, or train_images=N to train as many epochs as N training "
+                              "images take (the default recipe's 120000 is 2 epochs of MNIST).")
+
+
+def refuse_small_images(cfg: DictConfig) -> None:
+    """An image size below what the chosen net takes (mnist99.models.input_needs), by the net's own words."""
+    from mnist99.models.input_needs import BATCHNORM, smallest_image
+
+    net = OmegaConf.select(cfg, "model.net")
+    target = OmegaConf.select(cfg, "model.net._target_") if isinstance(net, DictConfig) else None
+    size, need = cfg.data.image_size, smallest_image(str(target), net) if target else None
+    name = str(target).rsplit(".", 1)[-1]
+    if target in BATCHNORM and cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} cannot train the model's net, {name}: its BatchNorm layers need at "
+                          "least 2 images a batch to normalise over. Use data.batch_size=2 or more (the default recipe's is 256), "
+                          "or a net without BatchNorm: model=lenet, model=mlp.")
+    if need is not None and size < need:
+        raise ConfigError(f"data.image_size={size} is too small for the model's net, {name}: it takes images of at least {need} "
+                          f"pixels (its convolutions and pools shrink a smaller one to nothing). Use data.image_size={need} or more "
+                          "(MNIST's images are 28), or a model that takes any size: model=mlp or model=linear.")
+
+
+def refuse_cpu_devices(trainer: DictConfig) -> None:
+    """More CPU processes than the machine has cores: each DDP process would get a fraction of one, and the run
+    would be slower than one process (and a list of devices means GPUs)."""
+    import os
+
+    devices, accelerator = trainer.get("devices", "auto"), str(trainer.get("accelerator", "auto"))
+    cores = os.cpu_count() or 1
+    count = int(devices) if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()) else None
+    if not (isinstance(devices, ListConfig) or (count is not None and count > cores)):
+        return  # nothing to refuse on any accelerator: torch is not imported to find out which
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and cuda_available()):
+        return
+    if isinstance(devices, ListConfig):
+        raise ConfigError(f"trainer.devices={OmegaConf.to_container(devices)} picks devices by number, which means GPUs, and this run is "
+                          f"on the CPU (trainer.accelerator={accelerator}{'' if accelerator == 'cpu' else ', and no GPU is visible'}). "
+                          f"On the CPU give a count of processes: trainer.devices=1 (up to {cores}, this machine's cores).")
+    if count is not None and count > cores:
+        on = "" if accelerator == "cpu" else " (trainer.accelerator=auto, and PyTorch sees no GPU here)"
+        raise ConfigError(f"trainer.devices={count} asks for {count} CPU processes{on}, and this machine has {cores} core"
+                          f"{'s' if cores > 1 else ''}: the processes would share them and run slower than one. Use "
+                          f"trainer.devices={cores} or fewer (trainer.devices=1 trains in this process), or run on GPUs with "
+                          "trainer.accelerator=gpu.")
 
 
 def check_datamodule(values: Mapping[str, Any]) -> None:
@@ -139,9 +214,26 @@ def refusal(key: str, rule: Rule, value) -> str | None:
     if rule.kind == "given":
         return rule.missing if value is None else None
     if rule.kind == "accelerator":
+        if isinstance(value, str) and value not in ACCELERATORS:
+            return not_offered(key, value, ACCELERATORS, "accelerator")
         if value in ("gpu", "cuda") and not cuda_available():
             return no_gpu_message(f"{key}={value} (what trainer.gpus=N sets)")
+        if value in ("mps", "tpu"):
+            return unavailable(key, value)
         return None
+    if rule.kind in ("strategy", "precision"):
+        offered = STRATEGIES if rule.kind == "strategy" else PRECISIONS
+        if isinstance(value, (DictConfig, ListConfig)) or value is None:
+            return None  # a strategy or plugin built from its own config (_target_), or Lightning's default
+        if value not in offered:
+            return not_offered(key, value, offered, rule.kind)
+        return unavailable(key, value)
+    if rule.kind == "devices":
+        ok = value == "auto" or (_real(value) and isinstance(value, numbers.Integral) and (value >= 1 or value == -1)) or (
+            isinstance(value, str) and (value.isdigit() and int(value) >= 1 or value == "-1")) or (
+            isinstance(value, ListConfig) and len(value) > 0 and all(isinstance(v, int) and v >= 0 for v in value))
+        return None if ok else (f"{key}={shown} is not a device count: use auto, a number of devices (1, 2, ...; -1 for all), "
+                                "or a list of GPU indices ([0,1]).")
     if value is None and rule.null:
         return None
     if rule.kind == "choice":
@@ -169,6 +261,41 @@ def refusal(key: str, rule: Rule, value) -> str | None:
     need = "an integer" if integer else "a finite number" if isinstance(value, float) and not math.isfinite(value) else "a number"
     bound = f"greater than {rule.low:g}" if rule.above else f"at least {rule.low:g}"
     return f"{key}={shown} is impossible: it must be {need} {bound}. {rule.hint}"
+
+
+def not_offered(key: str, value, offered: tuple, what: str) -> str:
+    """The refusal of a name Lightning does not know, with the closest ones it does."""
+    import difflib
+
+    names = [str(o) for o in offered if isinstance(o, str)]
+    close = difflib.get_close_matches(str(value), names, n=2, cutoff=0.6)
+    hint = f"Did you mean {' or '.join(f'{key}={c}' for c in close)}? " if close else ""
+    common = {"strategy": "auto, ddp, ddp_spawn, ddp_notebook, fsdp, deepspeed", "precision": "32-true, bf16-mixed, 16-mixed, 64-true",
+              "accelerator": ", ".join(ACCELERATORS)}[what]
+    return f"{key}={value!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} Lightning offers. {hint}The common ones: {common} (python train.py --help)."
+
+
+def unavailable(key: str, value) -> str | None:
+    """A strategy, precision or accelerator this machine cannot run: a package missing, or no device for it."""
+    import importlib.util
+
+    if value == "mps":
+        import torch
+
+        return None if torch.backends.mps.is_available() else (f"{key}=mps asks for Apple's GPU (Metal), which this machine does not "
+                                                               "have: use trainer.accelerator=cpu, or gpu on an NVIDIA machine.")
+    if value == "tpu":
+        value = "xla"
+    for prefix, package, what in NEEDS:
+        if isinstance(value, str) and value.startswith(prefix):
+            if package is None:
+                if cuda_available():
+                    return None
+                return f"{key}={value} runs on GPUs only, and PyTorch sees none here: use trainer.strategy=ddp (or ddp_spawn) on the CPU."
+            if importlib.util.find_spec(package) is None:
+                return (f"{key}={value} needs {what}, and its package `{package}` is not installed: install it (pip install {package}), "
+                        "or pick another, e.g. trainer.strategy=ddp or trainer.precision=32-true.")
+    return None
 
 
 def _real(value) -> bool:

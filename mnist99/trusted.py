@@ -156,10 +156,19 @@ def instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     try:
-        return hydra_instantiate(cfg, *args, _execution_whitelist_=allowed(cfg), **kwargs)
+        return picklable(hydra_instantiate(cfg, *args, _execution_whitelist_=allowed(cfg), **kwargs))
     except InstantiationException as e:
         found = re.search(r"Target '([^']+)'.*?not in the Hydra execution whitelist", str(e), re.S)
         if not found:
             raise
         key = re.search(r"full_key: (\S+)", str(e))
         raise ConfigError(paragraph(found.group(1), key.group(1) if key else "a _target_")) from None
+
+
+def picklable(built: Any) -> Any:
+    """`built`, with a `_partial_` factory (at any depth of its arguments) as a plain functools.partial of the
+    same callable: Hydra 1.4's own refuses to be pickled, and trainer.strategy=ddp_spawn pickles the module
+    holding the optimizer's. The target was authorised above, when Hydra resolved it."""
+    if not isinstance(built, functools.partial):
+        return built
+    return functools.partial(built.func, *map(picklable, built.args), **{k: picklable(v) for k, v in (built.keywords or {}).items()})

@@ -5,6 +5,7 @@
     apt-get install dataset-fashion-mnist           # Debian's package: /usr/share/datasets/fashion-mnist/
     python scripts/idx_to_folder.py /usr/share/datasets/fashion-mnist data/fashion_png --classes fashion
     python train.py data=folder data.data_dir=data/fashion_png data.channels=1
+    python scripts/idx_to_folder.py ../shared/data/mnist data/mnist_300 --train-per-class 300 --test-per-class 100
 
 The four files (gzip'd or raw) must have MNIST's names (train-images-idx3-ubyte, ...), as every
 IDX dataset ships them. --classes names the class folders: `fashion` or `kmnist` (torchvision's
@@ -59,11 +60,26 @@ def read_idx(folder: Path, staging: Path) -> dict:
     return read_arrays(paths)
 
 
+def first_per_class(images, labels, n: int | None) -> tuple:
+    """The first `n` images of each label, in the file's order (all of them for None)."""
+    import numpy as np
+
+    if n is None:
+        return images, labels
+    if n < 1:
+        raise ValueError(f"--train-per-class/--test-per-class {n}: give a number of images, 1 or more")
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
+    return images[keep], labels[keep]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write four IDX files as an image folder (train/ and test/, a folder per class).")
     parser.add_argument("idx_dir", type=Path, help="folder holding the four IDX files (gzip'd or raw)")
     parser.add_argument("out", type=Path, help="the image folder to write (must be missing or empty)")
     parser.add_argument("--classes", default="digits", help="fashion, kmnist, digits, or ten comma-separated names (default: digits)")
+    parser.add_argument("--train-per-class", type=int, default=None, metavar="N",
+                        help="keep the first N training images of each class (a small folder, e.g. 300); default: all")
+    parser.add_argument("--test-per-class", type=int, default=None, metavar="N", help="the same for the test images")
     args = parser.parse_args(argv)
 
     from mnist99.data.prepare import write_png_tree
@@ -78,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
             arrays = read_idx(args.idx_dir.expanduser(), Path(tmp) / "idx")
+            splits = {"train": first_per_class(*arrays["training"], args.train_per_class),
+                      "test": first_per_class(*arrays["testing"], args.test_per_class)}
             tree = Path(tmp) / "tree"
-            n = write_png_tree(tree, {"train": arrays["training"], "test": arrays["testing"]}, class_names=names)
+            n = write_png_tree(tree, splits, class_names=names)
             out.mkdir(exist_ok=True)
             for split in ("train", "test"):
                 os.replace(tree / split, out / split)

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, Precision
+
 from mnist99.data.augment import BatchRandomAffine
 from mnist99.data.datamodule import ImageFolderDataModule, to_model_input
 
@@ -100,9 +102,9 @@ def test_datamodule_augments_training_batches_only(tiny_tree):
     dm = ImageFolderDataModule(tiny_tree, val_size=60, batch_size=32, augment=BatchRandomAffine(shift=3))
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
-    dm.trainer = SimpleNamespace(training=False, current_epoch=0)
+    dm.trainer = SimpleNamespace(training=False, current_epoch=0, precision_plugin=Precision())
     plain, y_plain = dm.on_after_batch_transfer((x, y), 0)
-    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0, precision_plugin=Precision())
     torch.manual_seed(1)
     augmented, y_aug = dm.on_after_batch_transfer((x, y), 0)
     assert torch.equal(y_plain, y) and torch.equal(y_aug, y)
@@ -129,3 +131,14 @@ def test_blur_matrix_is_the_reflect_padded_gaussian_convolution(sigma):
     got = blur_matrix(28, sigma, noise) @ noise @ blur_matrix(20, sigma, noise).T
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(blur_matrix(28, sigma, noise).sum(1), torch.ones(28))  # a blur keeps the mean
+
+
+@pytest.mark.parametrize("plugin, dtype", [(DoublePrecision(), torch.float64), (HalfPrecision("bf16-true"), torch.bfloat16)])
+def test_a_true_precision_gets_its_input_in_the_models_dtype(tiny_tree, plugin, dtype):
+    """trainer.precision=64-true, 16-true, bf16-true: the batch is uint8 when Lightning converts it, so the datamodule does."""
+    dm = ImageFolderDataModule(tiny_tree, val_size=60, batch_size=32)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=False, current_epoch=0, precision_plugin=plugin)
+    x, _ = dm.on_after_batch_transfer(batch, 0)
+    assert x.dtype == dtype

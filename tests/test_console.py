@@ -1,15 +1,19 @@
 """What a training run prints: mnist99's lines (the data, a short model summary, the bars, the
 summary line), without Lightning's notices, adverts, warnings that say nothing to a user, or its
-summary of every submodule."""
+summary of every submodule. eval.py and predict.py print their answers as quietly (a resumed run's
+console: tests/test_resume.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import fit, run_cli
+from conftest import ROOT, fit, run_cli
 from mnist99.build import build_callbacks, build_trainer
 from mnist99.callbacks import NetSummary
 from mnist99.callbacks.net_summary import human, summary_lines
@@ -43,6 +47,26 @@ def test_a_short_run_prints_the_data_the_model_the_bars_and_the_summary_line(tin
                for line in out.splitlines()), out[:500]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "][mnist99.data.datamodule][INFO] - Data: 340 training images" in (run_dir / "train.log").read_text()
+
+
+def test_eval_and_predict_print_their_answers_and_none_of_lightnings_notices(trained_run, tiny_tree, tmp_path):
+    """In a new interpreter, as a user runs them: importing Lightning there turns its notices on again
+    (GPU available, TPU available, the cloud logger's tip), which eval.py's trainer would print twice."""
+    def command(name: str, *args: str) -> str:
+        proc = subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        for noise in (*NOISE, "💡", "LitLogger", "[INFO]"):
+            assert noise not in out, (noise, out)
+        assert not [line for line in out.splitlines() if line.startswith("[20")], out
+        return out
+
+    lines = command("eval", f"ckpt_path={trained_run}", f"output_dir={tmp_path / 'eval'}").strip().splitlines()
+    assert [line.split("=")[0].split()[0] for line in lines] == ["Data:", "test/acc", "per", "wrote"], lines
+    digits = sorted((tiny_tree / "testing" / "3").iterdir())
+    lines = command("predict", f"ckpt_path={trained_run}", f"inputs={tiny_tree / 'testing' / '3'}").strip().splitlines()
+    assert [line.split()[:2] for line in lines] == [[str(p), "3"] for p in digits], lines
 
 
 @pytest.mark.parametrize("name", ["mlp", "linear", "cnn", "resnet18", "resnet152"])

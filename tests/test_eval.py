@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,36 +10,111 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_in_process
+from conftest import one_paragraph, run_in_process
 
 
 @pytest.fixture(scope="module")
 def run_dir(trained_run, tmp_path_factory):
-    """A copy of the shared run: eval.py writes its figures and eval.yaml into the run folder."""
-    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("eval") / trained_run.name))
+    """A copy of the shared run, in a runs/ folder of its own: eval.py writes beside it, into evals/."""
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("eval") / "runs" / trained_run.name))
 
 
 def evaluate(*args):
     return run_in_process("eval", *args)
 
 
-def test_eval_matches_the_runs_test_accuracy_and_writes_its_figures(run_dir):
-    for name in ("confusion_matrix.png", "top_losses.png"):  # the training run wrote them too
-        (run_dir / name).unlink()
+def written(proc) -> Path:
+    """The folder eval.py says it wrote into (its last line)."""
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("wrote eval.yaml, confusion_matrix.png, top_losses.png into "), proc.stdout
+    return Path(line.rsplit(" into ", 1)[1])
+
+
+def test_eval_matches_the_runs_test_accuracy_and_writes_its_figures_into_a_folder_of_its_own(run_dir):
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     proc = evaluate(f"ckpt_path={run_dir}", "top_losses=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = written(proc)  # outputs/evals/<time>_<run folder name>, beside the runs/ folder that holds the run
+    assert out.parent == run_dir.parent.parent / "evals" and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_" + re.escape(run_dir.name), out.name)
+    assert {p.name for p in out.iterdir()} == {"eval.yaml", "confusion_matrix.png", "top_losses.png"}
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # the run's folder as the run left it
     trained = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]["test/acc"]
-    result = yaml.safe_load((run_dir / "eval.yaml").read_text())
-    assert result["test/acc"] == pytest.approx(trained, abs=0.001)
-    assert result["checkpoint"] == yaml.safe_load((run_dir / "run.yaml").read_text())["tested_weights"]
+    result = yaml.safe_load((out / "eval.yaml").read_text())
+    assert result["test/acc"] == pytest.approx(trained, abs=0.001) and result["test_images"] == 120 and "note" not in result
+    assert Path(result["checkpoint"]).name == Path(yaml.safe_load((run_dir / "run.yaml").read_text())["tested_weights"]).name
+    assert Path(result["checkpoint"]).parent == run_dir / "checkpoints"  # the copy's own checkpoint, not the original's
     confusion = result["confusion_matrix"]
     assert len(confusion) == 10 and sum(map(sum, confusion)) == 120  # every test image once
     assert sum(confusion[i][i] for i in range(10)) / 120 == pytest.approx(result["test/acc"], abs=1e-6)
     losses = [r["loss"] for r in result["top_losses"]]
     assert len(losses) == 6 and losses == sorted(losses, reverse=True)
     for name in ("confusion_matrix.png", "top_losses.png"):
-        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG"
-    assert f"test/acc={result['test/acc']:.4f}" in proc.stdout
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert f"test/acc={result['test/acc']:.4f}" in proc.stdout and "note:" not in proc.stdout
+    again = evaluate(f"ckpt_path={run_dir}", "top_losses=0")  # the same second: a folder of its own too
+    assert again.returncode == 0 and written(again) != out and (out / "eval.yaml").read_text() == yaml.safe_dump(result, sort_keys=False)
+
+
+def test_eval_writes_where_output_dir_says_and_never_into_the_run(run_dir, tmp_path):
+    proc = evaluate(f"ckpt_path={run_dir}", f"output_dir={tmp_path / 'mine'}", "top_losses=0")
+    assert proc.returncode == 0 and written(proc) == tmp_path / "mine", proc.stderr[-3000:]
+    assert (tmp_path / "mine" / "eval.yaml").is_file()
+    inside = evaluate(f"ckpt_path={run_dir}", f"output_dir={run_dir / 'eval'}")
+    assert inside.returncode == 2 and "inside the run's own folder" in one_paragraph(inside.stderr)
+    assert not (run_dir / "eval").exists()
+
+
+def test_eval_says_when_the_runs_own_test_used_another_test_set(run_dir, tiny_tree, tmp_path):
+    """The run's record (run.yaml's test_set) says what its test used: a test cut short, or a test folder that
+    held other images, is said in one line and in eval.yaml."""
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert record["test_set"] == {"folder": str((tiny_tree / "testing").resolve()), "images": 120, "tested": 120}
+    for i, (test_set, said) in enumerate((
+            ({"tested": 32}, "this run's own test used 32 of its 120 test images; this evaluation uses the whole test set: 120 images"),
+            ({"images": 100, "tested": 100}, "which holds 120 now: the test set has changed since"),
+            ({"folder": "/elsewhere/testing"}, "this run's own test used the 120 images of /elsewhere/testing"))):
+        changed = Path(shutil.copytree(run_dir, tmp_path / f"run{i}"))
+        (changed / "run.yaml").write_text(yaml.safe_dump(record | {"test_set": record["test_set"] | test_set}, sort_keys=False))
+        proc = evaluate(f"ckpt_path={changed}", f"output_dir={tmp_path / f'eval{i}'}", "top_losses=0")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        notes = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
+        assert len(notes) == 1 and said in notes[0], proc.stdout
+        assert yaml.safe_load((tmp_path / f"eval{i}" / "eval.yaml").read_text())["note"] == notes[0][len("note: "):]
+
+
+def test_eval_of_a_run_tested_on_a_few_batches_says_so(tiny_tree, tmp_path):
+    """A real run tested under trainer.limit_test_batches=1; the note names the setting, from the run's record and,
+    for its checkpoint copied alone (no record), from the config the checkpoint holds."""
+    proc = run_in_process("train", f"data.data_dir={tiny_tree}", "data.val_size=60", "data.batch_size=32", "model=mlp",
+                          "trainer.max_epochs=1", "trainer.limit_test_batches=1", "logger=none", "trainer.enable_progress_bar=false",
+                          f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run / "run.yaml").read_text())["test_set"]["tested"] == 32
+    proc = evaluate(f"ckpt_path={run}", "top_losses=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("note: this run's own test used 32 of its 120 test images (trainer.limit_test_batches=1); this evaluation uses "
+            "the whole test set: 120 images") in proc.stdout.splitlines()
+    lone = tmp_path / "alone" / "model.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", lone)
+    proc = evaluate(f"ckpt_path={lone}", f"output_dir={tmp_path / 'lone-eval'}", "top_losses=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("note: this run's own test used 1 of 4 batches (trainer.limit_test_batches=1); this evaluation uses the whole "
+            "test set: 120 images") in proc.stdout.splitlines()
+
+
+def test_the_default_folder_of_an_evaluation():
+    from mnist99.locate import eval_folder
+
+    runs = Path("/somewhere/outputs/runs/2026-11-28_14-36-14_cnn")
+    folder = eval_folder(runs, runs / "checkpoints" / "last.ckpt", Path("/checkout/outputs"))
+    assert folder.parent == Path("/somewhere/outputs/evals") and folder.name.endswith("_2026-11-28_14-36-14_cnn")
+    job = Path("/somewhere/outputs/multirun/2026-11-28_14-39-06/0_model=linear")
+    assert eval_folder(job, job / "checkpoints" / "last.ckpt", Path("/checkout/outputs")).parent == Path("/somewhere/outputs/evals")
+    lone = Path("/anywhere/model.ckpt")
+    folder = eval_folder(lone.parent, lone, Path("/checkout/outputs"))
+    assert folder.parent == Path("/checkout/outputs/evals") and folder.name.endswith("_model")
 
 
 def test_eval_refuses_what_is_not_a_run(tmp_path, run_dir):
@@ -66,7 +142,8 @@ def test_eval_is_a_hydra_app_with_help_cfg_and_checked_keys(run_dir):
     helped = run_in_process("eval", "--help")
     assert helped.returncode == 0 and "ckpt_path" in helped.stdout and "top_losses: 9" in helped.stdout
     composed = run_in_process("eval", "--cfg", "job", f"ckpt_path={run_dir}", "top_losses=3")
-    assert composed.returncode == 0 and yaml.safe_load(composed.stdout) == {"ckpt_path": str(run_dir), "top_losses": 3}
+    assert composed.returncode == 0
+    assert yaml.safe_load(composed.stdout) == {"ckpt_path": str(run_dir), "top_losses": 3, "output_dir": None}
     typo = run_in_process("eval", f"ckpt_path={run_dir}", "top_loses=3")
     assert typo.returncode == 2 and "Unknown config key 'top_loses'" in typo.stderr and "top_losses" in typo.stderr
 
@@ -111,12 +188,12 @@ def test_a_checkpoint_copied_alone_is_evaluated_from_any_folder(run_dir, tmp_pat
     shutil.copy(weights_tested(run_dir), lone)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run_in_process("eval", f"ckpt_path={lone}", cwd=elsewhere)
+    proc = run_in_process("eval", f"ckpt_path={lone}", f"output_dir={tmp_path / 'results'}", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]["test/acc"]
-    result = yaml.safe_load((lone.parent / "eval.yaml").read_text())  # its results go beside it
+    result = yaml.safe_load((tmp_path / "results" / "eval.yaml").read_text())
     assert result["test/acc"] == pytest.approx(trained, abs=0.001) and result["checkpoint"] == str(lone)
-    assert {p.name for p in lone.parent.iterdir()} == {"model.ckpt", "eval.yaml", "confusion_matrix.png", "top_losses.png"}
+    assert {p.name for p in lone.parent.iterdir()} == {"model.ckpt"}  # nothing written beside it
     assert not any(elsewhere.iterdir())
 
 
@@ -127,7 +204,7 @@ def test_an_older_checkpoint_works_in_its_run_folder_and_alone_says_what_is_miss
     state = torch.load(old, weights_only=True)
     del state["mnist99"]  # as written before checkpoints carried their config
     torch.save(state, old)
-    proc = run_in_process("eval", f"ckpt_path={old}", "top_losses=0")
+    proc = run_in_process("eval", f"ckpt_path={old}", "top_losses=0", f"output_dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lone = tmp_path / "last.ckpt"
     shutil.copy(old, lone)

@@ -146,3 +146,6 @@ def test_predict_takes_a_checkpoint_copied_alone(real_run, real_subset, tmp_path
     assert sum(label == str(d) for d, label in enumerate(labels)) >= 9, alone.stdout
     in_its_run = run_in_process("predict", f"ckpt_path={real_run / 'checkpoints' / 'last.ckpt'}", f"inputs={inputs}", cwd=elsewhere)
     assert in_its_run.returncode == 0 and in_its_run.stdout == alone.stdout  # the same answers, the same probabilities
+    # predict writes nothing but the csv= it is asked for: not beside the checkpoint, not where it runs
+    assert [p.name for p in lone.parent.iterdir()] == ["digits.ckpt"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(f"digit_{d}.png" for d in range(10))

@@ -78,7 +78,7 @@ def choosing(target: str) -> tuple[DictConfig, str]:
     raise AssertionError(f"no option of conf/ chooses {target}: its rules are never used")
 
 
-@pytest.mark.parametrize("target, key", [(t, k) for t, rules in schema.PARTS.items() for k in rules])
+@pytest.mark.parametrize("target, key", [(t, k) for t, rules in schema.PARTS.items() for k, r in rules.items() if not r.optional])
 def test_a_deleted_key_of_a_chosen_part_is_refused_by_name(target, key, gpu_here):
     cfg, section = choosing(target)
     node = cfg[section]
@@ -132,3 +132,49 @@ def test_a_datamodule_built_from_python_refuses_in_the_words_of_the_start_up_che
     with pytest.raises(ConfigError) as from_python:
         ImageFolderDataModule(tmp_path, **arguments)
     assert str(from_python.value) == str(at_start_up.value) and overrides[0].split("=")[0] in str(at_start_up.value)
+
+
+def test_the_trainer_names_are_lightnings_own():
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    assert set(schema.STRATEGIES) == {"auto", *StrategyRegistry.available_strategies()}
+    assert set(schema.ACCELERATORS) == {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+
+
+@pytest.mark.parametrize("override, said", [
+    ("trainer.strategy=dpp", "trainer.strategy='dpp' is not a strategy Lightning offers. Did you mean trainer.strategy=ddp?"),
+    ("trainer.precision=16-bit", "is not a precision Lightning offers. Did you mean trainer.precision=16-true"),
+    ("trainer.accelerator=cpus", "Did you mean trainer.accelerator=cpu?"),
+    ("trainer.strategy=deepspeed", "needs DeepSpeed, and its package `deepspeed` is not installed"),
+    ("trainer.devices=0", "trainer.devices=0 is not a device count"),
+    ("model=lenet data.image_size=8", "data.image_size=8 is too small for the model's net, LeNet: it takes images of at least 12 pixels"),
+    ("model=cnn data.image_size=2", "FastCNN: it takes images of at least 4 pixels"),
+    ("model=resnet18 data.image_size=4", "ResNet: it takes images of at least 16 pixels"),
+    ("model=strided_cnn data.batch_size=1", "data.batch_size=1 cannot train the model's net, StridedCNN: its BatchNorm layers"),
+    ("trainer.max_epochs=null train_images=null", "leave the run without a length"),
+])
+def test_what_lightning_or_the_net_cannot_take_is_refused_at_start_up(override, said):
+    with pytest.raises(ConfigError) as refused:
+        validate(composed(*override.split()), data=False)
+    assert said in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_more_cpu_processes_than_cores_are_refused(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"trainer.devices=3 asks for 3 CPU processes, and this machine has 2 cores"):
+        validate(composed("trainer.accelerator=cpu", "trainer.devices=3"), data=False)
+    validate(composed("trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"), data=False)
+
+
+@pytest.mark.parametrize("net, size", [("lenet", 12), ("cnn", 4), ("strided_cnn", 13), ("stack_cnn", 21), ("resnet18", 16)])
+def test_each_net_builds_at_the_smallest_size_it_declares_and_not_below(net, size):
+    """The declared minimum is the real one: the net takes a batch of that size, and the start-up refuses one pixel less."""
+    import torch
+
+    from mnist99.build import build_model
+
+    model = build_model(composed(f"model={net}", f"data.image_size={size}", "model.num_classes=10")).eval()
+    assert model(torch.zeros(2, model.in_channels, size, size)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="too small"):
+        validate(composed(f"model={net}", f"data.image_size={size - 1}"), data=False)

@@ -313,7 +313,7 @@ def test_the_installed_wheel_trains_and_evaluates_outside_the_repository(wheel, 
     assert main.endswith(str(site / "mnist99" / "conf"))  # the configs the wheel carries, not this checkout's
     evaluated = command("eval", f"ckpt_path={run_dir}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert yaml.safe_load((run_dir / "eval.yaml").read_text())["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-3)
+    assert yaml.safe_load(next((empty / "outputs" / "evals").glob("*/eval.yaml")).read_text())["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-3)
 
 
 class FramesAtFitStart(L.Callback):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import fit, run_in_process
+from conftest import fit, one_paragraph, run_in_process
 
 
 class RecordLR(L.Callback):
@@ -123,3 +123,7 @@ def test_train_further_on_the_command_line(tiny_tree, tmp_path):
     swap = run_in_process("train", f"resume={run_dir}", "scheduler=cosine", "trainer.max_epochs=3", cwd=tmp_path)
     assert swap.returncode == 2 and "scheduler=cosine cannot swap one" in swap.stderr and "Traceback" not in swap.stderr
     assert (run_dir / "run.yaml").read_text() == record
+    # trained to 2 epochs already: asking for 2 again trains nothing, and says how to go on
+    same = run_in_process("train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert same.returncode == 2 and "at the end of epoch 2 of 2 (trainer.max_epochs=2)" in one_paragraph(same.stderr)
+    assert f"resume={run_dir} trainer.max_epochs=4" in same.stderr and (run_dir / "run.yaml").read_text() == record

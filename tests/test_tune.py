@@ -43,3 +43,10 @@ def test_use_suggested_lr_trains_with_it(make_cfg, tmp_path):
 def test_impossible_range(make_cfg):
     outcome = fit(make_cfg(*BASE, "tune.min_lr=1.0", "tune.max_lr=0.1"))
     assert outcome.status == "failed" and "need 0 < min_lr < max_lr" in outcome.message
+
+
+def test_lr_find_takes_all_its_steps_under_limit_train_batches(make_cfg, tmp_path):
+    # 3 batches an epoch and 1 epoch: the finder runs its epochs until its 20 steps are taken
+    fit(make_cfg(*BASE, "trainer.limit_train_batches=3"))
+    found = yaml.safe_load((tmp_path / "lr_find.yaml").read_text())
+    assert len(found["lr"]) == 20 and found["lr"][-1] > 0.5  # the whole range, up to max_lr

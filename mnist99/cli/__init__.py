@@ -4,6 +4,8 @@ What they run is the library (mnist99.pipeline, mnist99.evaluate, mnist99.predic
 
 from __future__ import annotations
 
+import os
+import re
 import string
 import sys
 from contextlib import contextmanager
@@ -13,8 +15,8 @@ from typing import Iterator, NoReturn
 from omegaconf import OmegaConf
 
 from mnist99 import console, trusted
-from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, group_options, register_resolvers,
-                            unknown_group_options, unknown_override_keys)
+from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, flag_suggestions, group_options, keys_not_taken,
+                            own_keys, register_resolvers, unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.stopping import stop_on_sigterm, stop_signal, stopped_by
 
@@ -59,6 +61,14 @@ VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
                "--experimental-rerun")
 COMPLETION = ("install", "uninstall", "query")  # --shell-completion's subcommands
 NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version")
+# Every flag of Hydra's parser (hydra._internal.utils.get_args_parser); argparse also takes a long one abbreviated
+HYDRA_LONG_FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+                    "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info")
+HYDRA_SHORT_FLAGS = ("-h", "-c", "-p", "-r", "-m", "-sc", "-cp", "-cn", "-cd", "-i")
+# Hydra does one of these at a time, and says so with a traceback
+MODES = (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"), ("--shell-completion", "-sc"))
+# keys whose value is a file or folder: completed with the files there, as Hydra does only after ./ or /
+PATH_KEYS = ("ckpt_path", "inputs", "csv", "resume")
 
 
 def versions_line() -> str:
@@ -78,8 +88,32 @@ def print_help(config_dir: str = CONFIG_DIR) -> None:
     print(string.Template(template).safe_substitute(APP_CONFIG_GROUPS=groups))  # as Hydra fills it ($$ is $)
 
 
+def is_hydra_flag(arg: str) -> bool:
+    """Does Hydra's parser take `arg` (the part before any `=`) as one of its flags: a long one, whole
+    or abbreviated, a short one (`-cjob` is `-c job`), `--` or a negative number (a value, to argparse)?"""
+    name = arg.split("=", 1)[0]
+    if name.startswith("--"):
+        return arg == "--" or (name != "--" and any(flag.startswith(name) for flag in HYDRA_LONG_FLAGS))
+    return name in HYDRA_SHORT_FLAGS or name[:2] in ("-c", "-p") or bool(re.fullmatch(r"-[\d.].*", name))
+
+
+def long_flag(flag: str) -> str:
+    """Hydra's long flag that `flag` abbreviates, as argparse reads it (`--multi`: --multirun); else flag."""
+    found = [f for f in HYDRA_LONG_FLAGS if f.startswith(flag)] if flag.startswith("--") and flag != "--" else []
+    return found[0] if len(found) == 1 else flag
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Hydra's command line as ({flag: value or ""}, overrides)."""
+    """Hydra's command line as ({flag: value or ""}, overrides). A flag Hydra does not know (`--epochs 3`,
+    `--lr=0.1`) keeps its value, the next word when that is not an override or a flag."""
     flags, overrides, i = {}, [], 0
     while i < len(args):
         arg = args[i]
@@ -88,12 +122,77 @@ def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:
         elif arg in VALUE_FLAGS:
             flags[arg] = args[i + 1] if i + 1 < len(args) else ""
             i += 1
+        elif arg.startswith("-") and not is_hydra_flag(arg):
+            name, eq, value = arg.partition("=")
+            following = args[i + 1] if i + 1 < len(args) else "="
+            if not eq and "=" not in following and (not following.startswith("-") or is_number(following)):  # --lr -1 too
+                value, i = following, i + 1
+            flags[name] = value
         elif arg.startswith("-"):
             flags[arg] = ""
         else:
             overrides.append(arg)
         i += 1
     return flags, overrides
+
+
+def unknown_flag(flags: dict[str, str], args: list[str], script: str, config_name: str, config_dir: str) -> str | None:
+    """A message for the first flag Hydra does not know, `--epochs 3`, naming the override meant
+    (trainer.max_epochs=3): Hydra would read `3` as an override and fail in its grammar's words."""
+    for flag, value in flags.items():
+        if is_hydra_flag(flag) and not (flag == "--" and value):  # `--=3` is no end of the options
+            continue
+        shown = f"{flag}={value}" if f"{flag}={value}" in args else f"{flag} {value}".strip()  # as typed
+        meant = flag_suggestions(flag, value or None, config_name, config_dir)
+        advice = (f"Did you mean {' or '.join(meant)}?" if meant else
+                  f"python {script} --help lists the keys, --hydra-help Hydra's own flags (--cfg job, -m, ...).")
+        return f"{shown}: {script} has no option {flag}; settings are key=value overrides, without dashes. {advice}"
+    return None
+
+
+def completion_query(shell: str, config_name: str, config_dir: str) -> NoReturn:
+    """`-sc query=bash`, what the installed completion runs at each Tab (COMP_LINE is the line): Hydra's
+    answer, less the config groups a command does not compose (eval.py and predict.py share conf/ with
+    train's groups), plus the files and folders for a key that names one (ckpt_path=, inputs=, data.data_dir=).
+    Nothing else may reach stdout: the shell offers every word printed. A query that fails offers nothing."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    said = io.StringIO()
+    GlobalHydra.instance().clear()
+    try:
+        with redirect_stdout(said), redirect_stderr(io.StringIO()), initialize_config_dir(config_dir=config_dir):
+            GlobalHydra.instance().hydra.shell_completion(config_name=config_name, overrides=[f"query={shell}"])
+    except (Exception, SystemExit):  # noqa: BLE001 - e.g. a line argparse refuses: no words, rather than a traceback mid-line
+        if os.environ.get("HYDRA_COMP_DEBUG") == "1":
+            raise
+        sys.exit(0)
+    finally:
+        GlobalHydra.instance().clear()
+    sep = "\n" if shell == "fish" else " "
+    words = said.getvalue().split()
+    own = own_keys(config_name, config_dir)
+    if own is not None:  # groups, or keys the command would not read: not offered
+        heads = {k.split(".")[0] for k in own} | {"hydra"}
+        words = [w for w in words if re.split(r"[=./@]", w.lstrip("+~"))[0] in heads]
+    line = os.environ.get("COMP_LINE", "")
+    word = "" if not line or line[-1].isspace() else line.split()[-1]
+    key, eq, value = word.lstrip("+").partition("=")
+    if eq and (key.rsplit(".", 1)[-1] in PATH_KEYS or key.endswith(("_dir", "_path"))) and (own is None or key in own) \
+            and not value.startswith((".", "/", "\\", "~")):
+        folder, stem = os.path.split(value)
+        try:
+            entries = sorted(e for e in os.listdir(folder or ".") if e.startswith(stem) and (stem or not e.startswith(".")))
+        except OSError:
+            entries = []
+        typed = word[: len(word) - len(value)]  # `ckpt_path=`, `+inputs=`
+        files = [typed + os.path.join(folder, e) + ("/" if os.path.isdir(os.path.join(folder or ".", e)) else "") for e in entries]
+        words = [*(w for w in words if w != word), *files] if files else words  # `ckpt_path=` itself is no completion
+    print(sep.join(dict.fromkeys(words)))
+    sys.exit(0)
 
 
 def checked_argv(argv: list[str], config_name: str, check_values: bool = False) -> list[str]:
@@ -104,18 +203,28 @@ def checked_argv(argv: list[str], config_name: str, check_values: bool = False) 
     if "--version" in flags:
         print(versions_line())
         sys.exit(0)
+    config_dir = flags.get("--config-path") or flags.get("-cp") or CONFIG_DIR
+    name = flags.get("--config-name") or flags.get("-cn") or config_name
+    message = unknown_flag(flags, argv[1:], Path(argv[0]).name, name, str(config_dir))
+    if message:
+        fail(message)
+    modes = [m[0] for m in MODES if any(f in m for f in map(long_flag, flags))]
+    if len(modes) > 1:
+        fail(f"{' and '.join(modes)} cannot be given together: Hydra does one of {', '.join(m[0] for m in MODES)} at a time.")
     if ("--shell-completion" in flags or "-sc" in flags) and not any(o.split("=", 1)[0] in COMPLETION for o in overrides):
         fail(f"--shell-completion needs one of {', '.join(c + '=' for c in COMPLETION)}, e.g. "
              f"eval \"$(python {Path(argv[0]).name} -sc install=bash)\" to complete {Path(argv[0]).name}'s options and keys "
              "in bash (zsh and fish too: install=zsh, install=fish).")
+    queries = [o.split("=", 1)[1] for o in overrides if o.startswith("query=")]
+    if ("--shell-completion" in flags or "-sc" in flags) and queries:
+        completion_query(queries[-1], name, str(config_dir))
     if any(f in flags for f in NO_RUN_FLAGS):
         return argv
-    config_dir = flags.get("--config-path") or flags.get("-cp") or CONFIG_DIR
-    name = flags.get("--config-name") or flags.get("-cn") or config_name
     sweep = "-m" in flags or "--multirun" in flags
     try:
         if sweep:  # its values are checked job by job: one bad value fails its job, not the sweep
-            message = unknown_group_options(overrides, str(config_dir)) or unknown_override_keys(overrides, name, str(config_dir))
+            message = (keys_not_taken(overrides, name, str(config_dir)) or unknown_group_options(overrides, str(config_dir))
+                       or unknown_override_keys(overrides, name, str(config_dir)))
             if message:
                 raise ConfigError(message)
         else:

@@ -4,6 +4,7 @@ into a uint8 tensor, batches indexed whole and made into model input on the mode
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -129,7 +130,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            drop_last=self.drop_last and dataset is self.data_train,  # every val/test image counts
+            # every val/test image counts; a last training batch of one image is dropped: BatchNorm cannot train on it
+            drop_last=dataset is self.data_train and (self.drop_last or self.one_image_left(len(dataset))),
             num_workers=workers,
             collate_fn=batch_as_is,
             # its own generator for the per-iterator seed, which would otherwise be drawn from torch's
@@ -137,6 +139,11 @@ class ImageFolderDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(0),
             persistent_workers=workers > 0,
         )
+
+    def one_image_left(self, images: int) -> bool:
+        """Would an epoch end with a batch of one image (in each DDP process's share)?"""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return math.ceil(images / world) % self.batch_size == 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, shuffle=True)
@@ -173,7 +180,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             epoch, done = self.position
             self.position = (self.trainer.current_epoch, done + 1 if epoch == self.trainer.current_epoch else 1)
         augment = self.augment if training else None
-        return to_model_input(x, self.model_channels, self.normalize, self.mean, self.std, augment), y
+        x = to_model_input(x, self.model_channels, self.normalize, self.mean, self.std, augment)
+        # 64-true, 16-true, bf16-true: the model's own dtype (Lightning converts the batch before this hook, when it was uint8)
+        return (self.trainer.precision_plugin.convert_input(x) if self.trainer is not None else x), y
 
 
 class TensorBatchDataset(torch.utils.data.Dataset):

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from mnist99.errors import ConfigError
+from mnist99.models.input_needs import lenet_side, stack_side, strided_side
 
 
 class LinearNet(nn.Sequential):
@@ -56,9 +57,9 @@ class LeNet(nn.Sequential):
     def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (24, 32), hidden_size: int = 256,
                  num_classes: int = 10, image_size: int = 28):
         c1, c2 = widths
-        side = ((image_size - 4) // 2 - 2) // 2
+        side = lenet_side(image_size)
         if side < 1:
-            raise ValueError(f"LeNet needs images of at least 10 pixels, not {image_size}")
+            raise ValueError(f"LeNet needs images of at least 12 pixels, not {image_size}")
         super().__init__(nn.Conv2d(in_channels, c1, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
                          nn.Conv2d(c1, c2, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True),
                          nn.Flatten(), nn.Linear(c2 * side * side, hidden_size), nn.ReLU(inplace=True), nn.Linear(hidden_size, num_classes))
@@ -81,9 +82,9 @@ class StridedCNN(nn.Sequential):
         if not 0 <= dropout < 1:
             raise ValueError(f"StridedCNN dropout must be in [0, 1), not {dropout}")
         c1, c2 = widths
-        side = ((image_size - 4 + 1) // 2 - 4 + 1) // 2  # each stage: -4 (two unpadded 3x3), then /2 (rounded up)
+        side = strided_side(image_size)
         if side < 1:
-            raise ValueError(f"StridedCNN needs images of at least 14 pixels, not {image_size}")
+            raise ValueError(f"StridedCNN needs images of at least 13 pixels, not {image_size}")
         super().__init__(conv_bn(in_channels, c1, 3, padding=0), conv_bn(c1, c1, 3, padding=0), conv_bn(c1, c1, 5, stride=2),
                          *dropout_layer(dropout),
                          conv_bn(c1, c2, 3, padding=0), conv_bn(c2, c2, 3, padding=0), conv_bn(c2, c2, 5, stride=2),
@@ -102,7 +103,7 @@ class StackCNN(nn.Sequential):
                  num_classes: int = 10, image_size: int = 28, kernel_size: int = 3):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"StackCNN kernel_size must be odd and positive, not {kernel_size}")
-        side = image_size - (kernel_size - 1) * len(widths)
+        side = stack_side(image_size, kernel_size, len(widths))
         if side < 1:
             raise ValueError(f"{len(widths)} unpadded {kernel_size}x{kernel_size} convs do not fit a {image_size}-pixel image")
         layers, c_in = [], in_channels
