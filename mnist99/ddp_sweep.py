@@ -91,11 +91,15 @@ def end_job(saved: dict[str, str | None]) -> None:
     children = [p for launcher in LAUNCHERS for p in getattr(launcher, "procs", None) or []]
     LAUNCHERS.clear()
     for proc in children:
-        try:
-            code = proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        if not isinstance(proc, subprocess.Popen):  # ddp_spawn's processes (multiprocessing), ended with their fit or test
+            proc.join(timeout=300)
+            code = proc.exitcode
+        else:
+            try:
+                code = proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
         if code:
             log.warning("DDP process %d of this job exited with code %s after the job ended.", proc.pid, code)
     for thread in threading.enumerate():
