@@ -272,7 +272,7 @@ def not_offered(key: str, value, offered: tuple, what: str) -> str:
     hint = f"Did you mean {' or '.join(f'{key}={c}' for c in close)}? " if close else ""
     common = {"strategy": "auto, ddp, ddp_spawn, ddp_notebook, fsdp, deepspeed", "precision": "32-true, bf16-mixed, 16-mixed, 64-true",
               "accelerator": ", ".join(ACCELERATORS)}[what]
-    return f"{key}={value!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} Lightning offers. {hint}The common ones: {common} (python train.py --help)."
+    return f"{key}={value!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} Lightning offers. {hint}The common ones: {common}."
 
 
 def unavailable(key: str, value) -> str | None:
@@ -284,10 +284,8 @@ def unavailable(key: str, value) -> str | None:
 
         return None if torch.backends.mps.is_available() else (f"{key}=mps asks for Apple's GPU (Metal), which this machine does not "
                                                                "have: use trainer.accelerator=cpu, or gpu on an NVIDIA machine.")
-    if value == "tpu":
-        value = "xla"
     for prefix, package, what in NEEDS:
-        if isinstance(value, str) and value.startswith(prefix):
+        if isinstance(value, str) and ("xla" if value == "tpu" else value).startswith(prefix):
             if package is None:
                 if cuda_available():
                     return None

@@ -178,3 +178,14 @@ def test_each_net_builds_at_the_smallest_size_it_declares_and_not_below(net, siz
     assert model(torch.zeros(2, model.in_channels, size, size)).shape == (2, 10)
     with pytest.raises(ConfigError, match="too small"):
         validate(composed(f"model={net}", f"data.image_size={size - 1}"), data=False)
+
+
+def test_a_net_that_cannot_take_the_datas_images_is_refused_when_built():
+    """A net whose own size disagrees with the data's (here a linear layer made for 28x28, fed 32x32): one paragraph
+    before the data is read, not a shape error in the first batch."""
+    from mnist99.build import build_model
+
+    with pytest.raises(ConfigError) as refused:
+        build_model(composed("model=linear", "model.net.image_size=28", "data.image_size=32", "model.num_classes=10"))
+    said = str(refused.value)
+    assert "cannot take the data's images, 1 channel(s) of 32x32 pixels" in said and "\n" not in said, said
