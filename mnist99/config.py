@@ -341,7 +341,10 @@ def name_suggestions(name: str, typed: str, asked: list[str], cfg: DictConfig, o
     for c in _closest(name, sorted({*map(str, cfg.keys()), *options})):
         if (c in options and all(a in options[c] for a in asked)) or (c not in options and c in leaves):
             top.append(f"{c}={typed}")
-    return top or [f"{k}={typed}" for k in keys_named(name, leaves, close=True)]
+    close = keys_named(name, leaves, close=True)
+    if typed.strip().lower() in ("true", "false"):  # `train=false` means a switch: not data.train_dir, a folder
+        close = [k for k in close if _is_switch(cfg, k)]
+    return top or [f"{k}={typed}" for k in close]
 
 
 def own_keys(config_name: str, config_dir: str = CONFIG_DIR) -> list[str] | None:

@@ -40,7 +40,9 @@ def test_a_key_without_its_section_or_written_as_a_flag_names_the_full_override(
 
 def test_a_misspelt_key_keeps_its_value_as_typed_and_names_a_group_only_with_one_of_its_options():
     said = refused("train", "train=false")
-    assert "Did you mean data.train_dir=false?" in said and "trainer=" not in said.split("The keys")[0]  # false: no trainer option
+    # false: no trainer option, and a switch is meant (not data.train_dir, the closest name, a folder)
+    assert "Did you mean" not in said and "trainer=" not in said.split("The keys")[0] and "train_dir" not in said, said
+    assert "Did you mean trainer.deterministic=true?" in refused("train", "determinstic=true")  # a switch close by name
     assert "Did you mean model=cnn,mlp?" in refused("train", "-m", "modle=cnn,mlp")
     assert "Did you mean experiment=fast?" in refused("train", "experimnt=fast")  # a group no key of the config holds
 
