@@ -128,42 +128,12 @@ def compose_checked(overrides: list[str], config_dir: str = CONFIG_DIR, config_n
     finally:
         GlobalHydra.instance().clear()
     if check_values:
-        try:
-            validate(cfg, data=check_data)
-        except ConfigError as e:
-            raise ConfigError(f"{e} {quoted_numbers(overrides, cfg, str(e))}".rstrip()) from None
+        validate(cfg, data=check_data)
     return cfg
 
 
-def quoted_numbers(overrides: list[str], cfg: DictConfig, message: str) -> str:
-    """A sentence for a refused `key='1e-3'`, a number the quotes made a string (the schema says only
-    "must be a number"); "" when no refused key's value is one."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o and not o.startswith(("-", "~"))])
-    except Exception:  # noqa: BLE001 - composed already, so this does not happen; nothing to add if it did
-        return ""
-    for o in parsed:
-        key, value, typed = o.key_or_group, o.value(), o.input_line.split("=", 1)[1].strip()
-        if (o.is_sweep_override() or not isinstance(value, str) or not typed.startswith(("'", '"')) or not _is_number(value)
-                or f"{key}=" not in message):
-            continue
-        try:
-            composed = OmegaConf.select(cfg, key, throw_on_missing=False)
-        except OmegaConfBaseException:
-            continue
-        if composed == value:  # the value the schema refused, not one a later override replaced
-            return f"The quotes made {typed} a string, not a number: drop them, {key}={value.strip()}."
-    return ""
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return bool(text.strip())
 
 
 def group_options(config_dir: str = CONFIG_DIR) -> dict[str, list[str]]:

@@ -192,8 +192,18 @@ def check_datamodule(values: Mapping[str, Any]) -> None:
 def refuse(found: list[tuple[str, Rule, Any]]) -> None:
     for key, rule, value in found:
         message = refusal(key, rule, value)
+        if message and isinstance(value, str) and is_number(value):  # optimizer.lr='1e-3', in quotes on the command line
+            message += f" The quotes made {value!r} a string, not a number: drop them, {key}={value.strip()}."
         if message:
             raise ConfigError(message)
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return bool(text.strip())
 
 
 def refuse_channels(channels, model_channels) -> None:

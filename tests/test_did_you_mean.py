@@ -51,7 +51,14 @@ def test_a_misspelt_key_keeps_its_value_as_typed_and_names_a_group_only_with_one
                                                ("'3'", "3", "trainer.max_epochs")])
 def test_a_number_in_quotes_is_named_as_the_string_it_became(typed, value, key):
     said = refused("train", f"{key}={typed}")
-    assert said.endswith(f"The quotes made {typed} a string, not a number: drop them, {key}={value}."), said
+    assert said.endswith(f"The quotes made '{value}' a string, not a number: drop them, {key}={value}."), said
+
+
+def test_a_number_in_quotes_is_named_in_a_sweeps_job_too(tiny_tree, tmp_path):
+    """A sweep checks each job's values in the job: its one paragraph names the quotes as a single run's does."""
+    proc = run_in_process("train", "-m", "optimizer.lr='1e-3',0.01", "trainer.max_epochs=1", f"data.data_dir={tiny_tree}",
+                          f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 3 and "The quotes made '1e-3' a string, not a number: drop them, optimizer.lr=1e-3." in proc.stderr
 
 
 def test_an_unquoted_number_in_any_notation_is_one():
