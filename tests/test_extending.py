@@ -105,8 +105,10 @@ def test_a_logger_in_one_file_logs(extended):
     assert list((extended["logs"] / "tensorboard" / "lenet").glob("version_0/events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_the_copys_own_tests_test_the_new_net(extended):
-    """The existing tests pick the new net up from conf/model/ and the rule allows it: nothing names it."""
+    """The existing tests pick the new net up from conf/model/ and the rule allows it: nothing names it. Slow (a
+    second pytest, 24 s): .ci/run runs it after the default run."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_models.py", "tests/test_trusted.py",
                            "tests/test_schema.py", "tests/test_configs.py", "-k", "small_vgg or shipped_configs or every_option"],
                           cwd=extended["copy"], capture_output=True, text=True, timeout=600)
