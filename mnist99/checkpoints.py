@@ -113,16 +113,17 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     not a checkpoint at all, truncated, holding Python objects, or a torch file of another program.
     mmap: a zip checkpoint's tensors stay on disk until used (to read its counters and entry only)."""
     path = Path(path)
-    why = torch_file_start(path) or foreign_zip(path)
+    is_zip = zipfile.is_zipfile(path)  # its central directory read once: whole or cut, and what the archive holds
+    why = torch_file_start(path) or (foreign_zip(path) if is_zip else None)
     if why:
         raise ConfigError(f"{path} is not a checkpoint: {why}. Use a .ckpt written by train.py (a run's checkpoints/ "
                           "holds them), or pass the run's folder.")
-    cut = truncated(path)
+    cut = truncated(path, is_zip)
     if cut:
         raise ConfigError(f"Cannot read the checkpoint {path}: it is truncated ({cut}). Was it copied or saved completely? "
                           "Use another .ckpt of the run, e.g. one of its checkpoints/ files, or copy it again.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):  # the legacy format's pickle, cut short or damaged
             raise ConfigError(f"Cannot read the checkpoint {path}: it is truncated or damaged (its pickle stops: "
@@ -144,22 +145,20 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     return ckpt
 
 
-def truncated(path: Path) -> str | None:
+def truncated(path: Path, is_zip: bool) -> str | None:
     """What is missing from a zip checkpoint cut short (torch's "failed finding central directory"), or
     from an empty file; None otherwise. Read from the file's ends, without loading it."""
     if path.stat().st_size == 0:
         return "it is empty: 0 bytes"
     with open(path, "rb") as f:
-        is_zip = f.read(4) == ZIP_MAGIC
-    if is_zip and not zipfile.is_zipfile(path):
+        begins_as_zip = f.read(4) == ZIP_MAGIC
+    if begins_as_zip and not is_zip:
         return "its zip archive has no central directory, which is written last"
     return None
 
 
 def foreign_zip(path: Path) -> str | None:
     """Why a whole zip archive is not one torch.save wrote (it holds no <name>/data.pkl); None otherwise."""
-    if not zipfile.is_zipfile(path):
-        return None
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
     if any(n.endswith("/data.pkl") for n in names):

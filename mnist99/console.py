@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 # rank_zero_info's loggers (and every other of Lightning's) are children of these.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
@@ -28,6 +29,14 @@ QUIET_WARNINGS = (
     r"torch.distributed.nn.functional.all_gather is deprecated",  # DDP: in Lightning's all_gather (ErrorAnalysis)
     r"`max_epochs` was not set",  # trainer.max_epochs=null: mnist99 sets the epochs from the data (EpochsForData)
 )
+
+
+def shown(path: str | Path) -> str:
+    """A path as the console prints it: relative to the working folder where it lies under it, else whole."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def quiet_warnings() -> None:

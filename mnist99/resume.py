@@ -71,7 +71,8 @@ def refuse_nothing_left(typed: str, ckpt: Path, state: dict, lengths: tuple, rec
     where = nothing_left(state, *lengths, record)
     if where is None:
         return
-    (epochs, step), by_steps = fit_progress(state), "max_steps" in where
+    (epochs, step), max_steps = fit_progress(state), lengths[1]
+    by_steps = isinstance(max_steps, int) and max_steps != -1 and step >= max_steps  # nothing_left's first test
     more = f"trainer.max_steps={2 * step}" if by_steps else f"trainer.max_epochs={epochs + 2}"
     raise ConfigError(f"resume={typed}: there is nothing left to train. Its checkpoint {ckpt.name} is at {where}"
                       + ("" if by_steps else f" (step {step})") + ", so Lightning would stop before its first step, and "

@@ -44,3 +44,18 @@ def test_ddp_spawn_jobs_of_a_sweep(tiny_tree, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [yaml.safe_load(p.read_text()) for p in (tmp_path / "multirun").glob("*/*/run.yaml")]
     assert len(records) == 2 and all(r["status"] == "completed" and "test/acc" in r["metrics"] for r in records)
+
+
+def test_an_error_of_ours_in_a_spawned_process_comes_back_as_itself(tmp_path):
+    """torch hands a spawned process's exception to this one as text (ProcessRaisedException): a divergence there
+    is still the one-paragraph divergence, not a crash with a traceback."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from mnist99.pipeline import ending
+
+    said = "The training loss became nan at step 7 (epoch 0), so the run was stopped: it diverged."
+    text = f"\n\n-- Process 0 terminated with the following error:\nTraceback (most recent call last):\n  ...\nmnist99.errors.DivergedError: {said}\n"
+    outcome = ending(ProcessRaisedException(text, 0, 1234), tmp_path, trained=True)
+    assert outcome.status == "diverged" and outcome.message == said
+    other = ending(ProcessRaisedException(text.replace("mnist99.errors.DivergedError", "RuntimeError"), 0, 1234), tmp_path, trained=True)
+    assert other.status == "crashed"

@@ -22,17 +22,14 @@ def epochs_for(train_images: int, images: int) -> int:
 class EpochsForData(L.Callback):
     def __init__(self, train_images: int):
         self.train_images = int(train_images)
-        self.epochs: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.epochs is None:  # once: a resumed or lr_find's fit of the same run counts the same
-            images = training_images(trainer.datamodule)
-            self.epochs = epochs_for(self.train_images, images)
-            log.info("%d epochs of %s training images: the recipe's train_images=%s, in whole epochs "
-                     "(trainer.max_epochs=N trains N).", self.epochs, f"{images:,}", f"{self.train_images:,}")
-        trainer.fit_loop.max_epochs = self.epochs
+        images = training_images(trainer.datamodule)
+        trainer.fit_loop.max_epochs = epochs_for(self.train_images, images)
+        log.info("%d epochs of %s training images: the recipe's train_images=%s, in whole epochs "
+                 "(trainer.max_epochs=N trains N).", trainer.fit_loop.max_epochs, f"{images:,}", f"{self.train_images:,}")
 
 
 def training_images(datamodule: L.LightningDataModule | None) -> int:

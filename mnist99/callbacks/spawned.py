@@ -1,6 +1,6 @@
 """trainer.strategy=ddp_spawn (and ddp_notebook): Lightning pickles the trainer into new processes and runs the
 whole fit there. This callback gives those processes the quiet console of the one Hydra runs in, and carries
-back what the run's record reads from the trainer (fit seconds, epochs, steps) through trainer.callback_metrics,
+back what the run's record reads from the trainer (fit seconds, epochs) through trainer.callback_metrics,
 the one thing Lightning sends back to the main process besides the weights."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def spawned(trainer: L.Trainer) -> bool:
 
 class SpawnedProcesses(L.Callback):
     def __init__(self):
-        self.start, self.first_step = 0.0, 0  # a state to pickle: pickle calls no __setstate__ for an empty one
+        self.start = 0.0  # a state to pickle: pickle calls no __setstate__ for an empty one
 
     def __setstate__(self, state: dict) -> None:
         # unpickled in a spawned process: its logging and warning filters start from Python's defaults
@@ -30,13 +30,13 @@ class SpawnedProcesses(L.Callback):
         quiet_lightning()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start, self.first_step = time.perf_counter(), trainer.global_step
+        self.start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if spawned(trainer):
             trainer.callback_metrics.update({
                 f"{PREFIX}fit_seconds": torch.tensor(time.perf_counter() - self.start, dtype=torch.float64),
-                f"{PREFIX}epochs": torch.tensor(trainer.current_epoch), f"{PREFIX}steps": torch.tensor(trainer.global_step - self.first_step)})
+                f"{PREFIX}epochs": torch.tensor(trainer.current_epoch)})
 
 
 def carried_back(trainer: L.Trainer) -> dict[str, float]:

@@ -17,6 +17,7 @@ from mnist99 import console, trusted
 from mnist99.config import (CONFIG_DIR, compose_checked, expand_shorthands, flag_suggestions, group_options, keys_not_taken,
                             register_resolvers, unknown_group_options, unknown_override_keys)
 from mnist99.errors import ConfigError, Mnist99Error
+from mnist99.schema import is_number
 from mnist99.stopping import stop_on_sigterm, stop_signal, stopped_by
 
 # What Hydra itself may build as it starts a command (conf/hydra/: a log formatter, the sweep's
@@ -98,14 +99,6 @@ def long_flag(flag: str) -> str:
     """Hydra's long flag that `flag` abbreviates, as argparse reads it (`--multi`: --multirun); else flag."""
     found = [f for f in HYDRA_LONG_FLAGS if f.startswith(flag)] if flag.startswith("--") and flag != "--" else []
     return found[0] if len(found) == 1 else flag
-
-
-def is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def split_argv(args: list[str]) -> tuple[dict[str, str], list[str]]:

@@ -13,6 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from mnist99.cli import HYDRA_WHITELIST, checked_argv, stops_end, fail, setup_process
 from mnist99.config import CONFIG_DIR, new_folder, project_root
+from mnist99.console import shown
 from mnist99.errors import Mnist99Error
 from mnist99.locate import eval_folder, locate
 
@@ -43,14 +44,6 @@ def hydra_main(cfg: DictConfig) -> None:
     if result.get("note"):
         print(f"note: {result['note']}")
     print(f"wrote eval.yaml, confusion_matrix.png, top_losses.png into {shown(out)}")
-
-
-def shown(path: Path) -> str:
-    """A path as short as it is clear: relative to the working folder where it lies under it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist99 import ddp_sweep, run_info
 from mnist99.cli import HYDRA_WHITELIST, checked_argv, fail, print_help, setup_process
 from mnist99.config import CONFIG_DIR, new_folder
+from mnist99.console import shown
 from mnist99.errors import ConfigError, Mnist99Error
 from mnist99.resume import resume_argv
 from mnist99.stopping import before_training, stop_signal, stopped_by
@@ -112,13 +113,9 @@ def summary(cfg: DictConfig, outcome, run_dir: Path) -> None:
     metrics = outcome.metrics
     model = outcome.choices.get("model", OmegaConf.select(cfg, "model._target_"))
     acc = f"test/acc={metrics['test/acc']:.4f}" if "test/acc" in metrics else "test/acc=n/a"
-    try:
-        shown = run_dir.relative_to(Path.cwd())
-    except ValueError:
-        shown = run_dir
     print(f"\nmnist99: task={cfg.get('task_name')} model={model} {acc} val/acc_best={metrics.get('val/acc_best', float('nan')):.4f} "
           f"epochs={metrics.get('epochs', 0)} fit={metrics.get('fit_seconds', 0):.1f}s wall={metrics.get('wall_seconds', 0):.1f}s "
-          f"run_dir={shown}" + (f"\nmnist99: stopped early at epoch {metrics.get('epochs', 0)} of {outcome.parts.trainer.max_epochs}: "
+          f"run_dir={shown(run_dir)}" + (f"\nmnist99: stopped early at epoch {metrics.get('epochs', 0)} of {outcome.parts.trainer.max_epochs}: "
                                 f"{metrics['stopped_early']}" if metrics.get("stopped_early") else ""))
 
 

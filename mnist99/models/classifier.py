@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -15,6 +14,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist99.console import shown
 from mnist99.errors import ConfigError
 from mnist99.models.optim import param_groups
 
@@ -71,11 +71,7 @@ class ClassifierBase(L.LightningModule):
         self.val_acc_best.reset()  # the sanity check does not count
         if self.trainer.ckpt_path:  # a resumed fit: said in one short line (Lightning's notices are off)
             note = self.plan_resumed_schedule()
-            try:
-                shown = Path(self.trainer.ckpt_path).resolve().relative_to(Path.cwd())
-            except ValueError:
-                shown = self.trainer.ckpt_path
-            log.info("Resumed from %s at step %d (epoch %d)%s.", shown, self.trainer.global_step, self.trainer.current_epoch, note)
+            log.info("Resumed from %s at step %d (epoch %d)%s.", shown(self.trainer.ckpt_path), self.trainer.global_step, self.trainer.current_epoch, note)
 
     def plan_resumed_schedule(self) -> str:
         """What a resumed fit does with its schedule, for the resume's line: a constant rate here."""
