@@ -93,6 +93,7 @@ def test_bad_input_in_a_real_process(tiny_tree, tmp_path):
                                    "Try e.g. optimizer.lr=0.001.")
 
 
+@pytest.mark.slow  # two real processes (16 s): .ci/run runs it after the default run
 def test_ddp_on_two_cpu_processes(tiny_tree, tmp_path):
     """trainer=ddp really starts two processes (gloo) and still leaves exactly one run folder."""
     proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={tiny_tree}",

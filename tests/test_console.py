@@ -49,6 +49,7 @@ def test_a_short_run_prints_the_data_the_model_the_bars_and_the_summary_line(tin
     assert "][mnist99.data.datamodule][INFO] - Data: 340 training images" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow  # two new interpreters (16 s): .ci/run runs it after the default run
 def test_eval_and_predict_print_their_answers_and_none_of_lightnings_notices(trained_run, tiny_tree, tmp_path):
     """In a new interpreter, as a user runs them: importing Lightning there turns its notices on again
     (GPU available, TPU available, the cloud logger's tip), which eval.py's trainer would print twice."""
